@@ -1,0 +1,32 @@
+"""Partitions, group names and metadata helpers shared by the assets."""
+
+
+import dagster as dg
+
+from ..core.config import BucketSet
+
+BUCKET_GROUP = "collect"
+STAGING_GROUP = "stage"
+WAREHOUSE_GROUP = "warehouse"
+
+
+def bucket_partitions(buckets: BucketSet) -> dg.StaticPartitionsDefinition:
+    """One partition per bucket of buckets.yaml, keyed `bucket/prefix`."""
+    return dg.StaticPartitionsDefinition(buckets.keys)
+
+
+def day_partitions(start_date: str) -> dg.DailyPartitionsDefinition:
+    """UTC days of the finished time; end_offset=1 so today exists."""
+    return dg.DailyPartitionsDefinition(start_date=start_date, end_offset=1, timezone="UTC")
+
+
+def md_table(rows: list[dict], cols: list[str]) -> str:
+    """A small Markdown table for materialization previews."""
+    if not rows:
+        return "_nothing_"
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    body = "\n".join(
+        "| " + " | ".join(str(r.get(c, "")).replace("|", "\\|").replace("\n", " ")[:120] for c in cols) + " |"
+        for r in rows
+    )
+    return head + body

@@ -1,0 +1,193 @@
+"""Per-day stages: JUnit results, contract rows (staging Parquet), and the `all` table."""
+
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import dagster as dg
+import pyarrow as pa
+
+from ..core import collect
+from ..core.rows import RowProblems, build_row
+from ..resources.artifacts import ArtifactStore
+from ..resources.settings import KettleSettings
+from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore, iter_rows
+from ..resources.warehouse import Warehouse
+from .common import STAGING_GROUP, WAREHOUSE_GROUP, md_table
+
+
+def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.AssetsDefinition):
+    all_buckets = dg.AssetDep(build_metadata, partition_mapping=dg.AllPartitionMapping())
+
+    @dg.asset(
+        partitions_def=days,
+        group_name=STAGING_GROUP,
+        deps=[all_buckets],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"python", "parquet"},
+        code_version="1",
+        description=(
+            "Parsed JUnit results of every build finished that day: only builds not fetched yet, "
+            "or whose finished.json changed, are downloaded."
+        ),
+    )
+    def junit_results(
+        context: dg.AssetExecutionContext, artifacts: ArtifactStore, staging: StagingStore, settings: KettleSettings
+    ) -> dg.MaterializeResult:
+        totals = dict(builds=0, fetched=0, dropped=0, files=0, bytes=0, malformed=0, too_large=0, tests=0, bad_times=0)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
+            for day in context.partition_keys:
+                wanted = {
+                    r["path"]: r["finished_hash"]
+                    for r in staging.read_metadata(day).select(["path", "finished_hash"]).to_pylist()
+                }
+                have = staging.read_junit(day).to_pylist()
+                kept = [r for r in have if wanted.get(r["path"], object()) == r["finished_hash"]]
+                done = {r["path"] for r in kept}
+                todo = sorted(p for p in wanted if p not in done)
+                totals["dropped"] += len(have) - len(kept)
+                fetched = []
+                for result in pool.map(
+                    lambda p: collect.fetch_junit(artifacts, p, wanted[p], settings.max_junit_file_bytes), todo
+                ):
+                    for problem in result.problems:
+                        context.log.warning(f"junit_results {day}: {problem}")
+                    for k in ("files", "bytes", "malformed", "too_large", "bad_times"):
+                        totals[k] += getattr(result, k)
+                    totals["tests"] += len(result.tests)
+                    fetched.append(
+                        {
+                            "path": result.path,
+                            "finished_hash": result.finished_hash,
+                            "tests": result.tests,
+                            "files": result.files,
+                            "bytes": result.bytes,
+                            "malformed": result.malformed,
+                            "too_large": result.too_large,
+                        }
+                    )
+                if fetched or len(kept) != len(have) or not staging.junit_file(day).exists():
+                    merged = sorted(kept + fetched, key=lambda r: r["path"])
+                    staging.write_junit(day, pa.Table.from_pylist(merged, schema=JUNIT_SCHEMA))
+                totals["builds"] += len(wanted)
+                totals["fetched"] += len(fetched)
+                context.log.info(
+                    f"junit_results {day}: {len(wanted)} builds, {len(fetched)} fetched, {len(kept)} already staged"
+                )
+        elapsed = time.monotonic() - t0
+        rate = totals["files"] and totals["malformed"] / totals["files"]
+        return dg.MaterializeResult(
+            metadata={
+                **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v for k, v in totals.items()},
+                "malformed_share": round(rate, 4),
+                "seconds": round(elapsed, 2),
+            }
+        )
+
+    @dg.asset(
+        partitions_def=days,
+        group_name=STAGING_GROUP,
+        deps=[junit_results, all_buckets],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"python", "parquet"},
+        code_version="1",
+        description="One contract row per build finished that day (Kettle's make_json), as staging Parquet.",
+    )
+    def build_rows(
+        context: dg.AssetExecutionContext, staging: StagingStore, settings: KettleSettings
+    ) -> dg.MaterializeResult:
+        buckets = settings.buckets
+        totals = dict(rows=0, tests=0, tests_failed=0, problems=0, missing_junit=0, bytes=0)
+        preview: list[dict] = []
+        for day in context.partition_keys:
+            tests_by_path = {
+                r["path"]: r["tests"] for r in staging.read_junit(day).select(["path", "tests"]).to_pylist()
+            }
+            rows = []
+            for meta in staging.read_metadata(day).to_pylist():
+                path = meta["path"]
+                owner = buckets.owner_of(path) or buckets.by_key(meta["bucket"])
+                problems = RowProblems()
+                tests = tests_by_path.get(path)
+                if tests is None:
+                    totals["missing_junit"] += 1
+                    context.log.warning(f"build_rows {day}: {path} has no staged JUnit results; run junit_results")
+                    tests = []
+                row = build_row(
+                    path,
+                    owner.prefix,
+                    _loads(meta["started_json"]),
+                    _loads(meta["finished_json"]),
+                    [[{k: v for k, v in t.items() if v is not None} for t in tests]],
+                    problems,
+                )
+                for note in problems.notes:
+                    context.log.warning(f"build_rows {path}: {note}")
+                totals["problems"] += len(problems.notes)
+                rows.append(row)
+            rows.sort(key=lambda r: r["path"])
+            size = staging.write_rows(day, pa.Table.from_pylist(rows, schema=ROW_SCHEMA))
+            totals["rows"] += len(rows)
+            totals["tests"] += sum(r["tests_run"] for r in rows)
+            totals["tests_failed"] += sum(r["tests_failed"] for r in rows)
+            totals["bytes"] += size
+            preview.extend(rows[: max(0, 10 - len(preview))])
+            context.log.info(f"build_rows {day}: {len(rows)} rows, {sum(r['tests_run'] for r in rows)} tests")
+        return dg.MaterializeResult(
+            metadata={
+                **totals,
+                "dagster/row_count": totals["rows"],
+                "preview": dg.MetadataValue.md(
+                    md_table(preview, ["path", "job", "result", "tests_run", "tests_failed"])
+                ),
+            }
+        )
+
+    @dg.asset(
+        name="build_all",
+        partitions_def=days,
+        group_name=WAREHOUSE_GROUP,
+        deps=[build_rows],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"duckdb", "bigquery"},
+        pool="warehouse",
+        code_version="1",
+        description=(
+            "Warehouse table `all`: each day partition replaced with that day's staged rows, "
+            "plus the day's Kettle-format export export/all/<day>.json.gz."
+        ),
+    )
+    def build_all(context: dg.AssetExecutionContext, staging: StagingStore, warehouse: Warehouse) -> dg.MaterializeResult:
+        loaded = exported_bytes = 0
+        skipped = []
+        for day in context.partition_keys:
+            rows_file = staging.rows_file(day)
+            if not rows_file.exists():
+                skipped.append(day)
+                context.log.warning(f"build_all {day}: no staged rows (never staged, or pruned); table left as is")
+                continue
+            export, count, size = staging.write_ndjson(f"all/{day}.json.gz", iter_rows([staging.read_rows(day)]))
+            n = warehouse.replace_day(day, rows_file, export)
+            loaded += n
+            exported_bytes += size
+            context.log.info(f"build_all {day}: {n} rows loaded into {warehouse.describe('all')}; export {export}")
+        return dg.MaterializeResult(
+            metadata={
+                "rows_loaded": loaded,
+                "dagster/row_count": warehouse.count("all"),
+                "export_bytes": exported_bytes,
+                "days_skipped": dg.MetadataValue.json(skipped),
+                "table": warehouse.describe("all"),
+            }
+        )
+
+    return junit_results, build_rows, build_all
+
+
+def _loads(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,89 @@
+"""The rolling tables `week` and `day`: builds finished in the 7 days / 1 day before the refresh.
+
+They are one table each, replaced whole, so they are not partitioned (a day
+partition of a rolling window would mean nothing); they read the staged rows
+of the few days the window touches.
+"""
+
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from ..resources.staging import StagingStore, iter_rows
+from ..resources.warehouse import Warehouse
+from .common import WAREHOUSE_GROUP
+
+DAY_SECONDS = 86400
+
+
+class WindowConfig(dg.Config):
+    as_of: float | None = None  # epoch seconds the window ends at; default: now
+
+
+def window_days(since_epoch: int, until_epoch: int) -> list[str]:
+    start = datetime.fromtimestamp(since_epoch, tz=timezone.utc).date()
+    end = datetime.fromtimestamp(until_epoch, tz=timezone.utc).date() + timedelta(days=1)
+    days = []
+    while start <= end:
+        days.append(start.isoformat())
+        start += timedelta(days=1)
+    return days
+
+
+def refresh_window(
+    context: dg.AssetExecutionContext, table: str, days: int, as_of: float | None,
+    staging: StagingStore, warehouse: Warehouse,
+) -> dg.MaterializeResult:
+    now = int(as_of if as_of is not None else time.time())
+    since = now - days * DAY_SECONDS
+    staged = set(staging.row_days())
+    files = [staging.rows_file(d) for d in window_days(since, now) if d in staged]
+    in_window = lambda r: r["finished"] is not None and r["finished"] >= since  # noqa: E731
+    export, exported, size = staging.write_ndjson(
+        f"build_{table}.json.gz", iter_rows((staging.read_rows(f.stem) for f in files), keep=in_window)
+    )
+    count = warehouse.replace_window(table, files, since, export)
+    since_text = datetime.fromtimestamp(since, tz=timezone.utc).isoformat()
+    context.log.info(f"build_{table}: {count} builds finished since {since_text}; export {export} ({exported} rows)")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": count,
+            "since": since_text,
+            "days_read": len(files),
+            "export_rows": exported,
+            "export_bytes": size,
+            "table": warehouse.describe(table),
+        }
+    )
+
+
+def make_window_assets(build_rows: dg.AssetsDefinition):
+    @dg.asset(
+        group_name=WAREHOUSE_GROUP,
+        deps=[build_rows],
+        kinds={"duckdb", "bigquery"},
+        pool="warehouse",
+        code_version="1",
+        description="Warehouse table `week`: every build finished in the 7 days before the refresh; export build_week.json.gz.",
+    )
+    def build_week(
+        context: dg.AssetExecutionContext, config: WindowConfig, staging: StagingStore, warehouse: Warehouse
+    ) -> dg.MaterializeResult:
+        return refresh_window(context, "week", 7, config.as_of, staging, warehouse)
+
+    @dg.asset(
+        group_name=WAREHOUSE_GROUP,
+        deps=[build_rows],
+        kinds={"duckdb", "bigquery"},
+        pool="warehouse",
+        code_version="1",
+        description="Warehouse table `day`: every build finished in the day before the refresh; export build_day.json.gz.",
+    )
+    def build_day(
+        context: dg.AssetExecutionContext, config: WindowConfig, staging: StagingStore, warehouse: Warehouse
+    ) -> dg.MaterializeResult:
+        return refresh_window(context, "day", 1, config.as_of, staging, warehouse)
+
+    return build_week, build_day

@@ -1,0 +1,143 @@
+"""Fetching one build's started/finished and its JUnit files (DESIGN §3).
+
+Everything here takes a store and returns plain records with the problems it
+met; nothing raises for bad input, so one odd build never stops a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .junit import parse_junit
+from .listing import ArtifactReader, BadPath, Candidate, check_build_path, junit_paths
+from .rows import epoch_seconds
+
+DAY_SECONDS = 86400
+GIVE_UP_AFTER = 5 * DAY_SECONDS  # a build started this long ago with no finished.json is abandoned
+
+FINISHED = "finished"
+UNFINISHED = "unfinished"
+GIVEN_UP = "given_up"
+ABSENT = "absent"
+BAD_PATH = "bad_path"
+
+
+def utc_day(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+@dataclass
+class BuildMeta:
+    listed_as: str
+    job: str
+    path: str | None
+    state: str = ABSENT
+    started_json: str | None = None  # the file's text, re-parsed when rows are built
+    finished_json: str | None = None
+    finished_hash: str | None = None  # identity of finished.json: a changed file is a changed build
+    day: str | None = None  # UTC day of the finished time: the daily partition
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_json(store: ArtifactReader, path: str, meta: BuildMeta) -> tuple[dict | None, bytes | None]:
+    raw = store.read(path)
+    if raw is None:
+        return None, None
+    try:
+        value = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError as exc:
+        meta.problems.append(f"{path}: not JSON ({exc})")
+        return None, raw
+    if not isinstance(value, dict):
+        meta.problems.append(f"{path}: JSON is a {type(value).__name__}, not an object")
+        return None, raw
+    return value, raw
+
+
+def fetch_build(store: ArtifactReader, cand: Candidate, now: float) -> BuildMeta:
+    """started.json and finished.json of one candidate, and what state that puts it in."""
+    meta = BuildMeta(listed_as=cand.listed_as, job=cand.job, path=cand.path)
+    path = cand.path
+    if path is None:  # a PR directory entry: its content is the build folder
+        raw = store.read(cand.listed_as)
+        if raw is None:
+            meta.state = ABSENT
+            return meta
+        path = raw.decode("utf-8", errors="replace").strip()
+    try:
+        path = check_build_path(path)
+    except BadPath as exc:
+        meta.state = BAD_PATH
+        meta.problems.append(f"{cand.listed_as}: {exc}")
+        return meta
+    meta.path = path
+
+    started, started_raw = _read_json(store, f"{path}/started.json", meta)
+    finished, finished_raw = _read_json(store, f"{path}/finished.json", meta)
+    if started_raw is not None:
+        meta.started_json = started_raw.decode("utf-8", errors="replace") if started is not None else None
+    if finished_raw is not None:
+        meta.state = FINISHED
+        meta.finished_json = finished_raw.decode("utf-8", errors="replace") if finished is not None else None
+        meta.finished_hash = hashlib.md5(finished_raw).hexdigest()
+        finished_at = epoch_seconds((finished or {}).get("timestamp"))
+        if finished_at is None:
+            info = store.stat(f"{path}/finished.json")
+            finished_at = info.updated if info and info.updated is not None else now
+            meta.problems.append(f"{path}/finished.json: no usable timestamp; filed by the object's update time")
+        try:
+            meta.day = utc_day(finished_at)
+        except (OverflowError, OSError, ValueError):
+            meta.day = utc_day(now)
+            meta.problems.append(f"{path}/finished.json: timestamp {finished_at!r} out of range; filed today")
+        return meta
+    if started_raw is None:
+        meta.state = ABSENT
+        return meta
+    started_at = epoch_seconds((started or {}).get("timestamp"))
+    if started_at is None:
+        info = store.stat(f"{path}/started.json")
+        started_at = info.updated if info and info.updated is not None else now
+    meta.state = GIVEN_UP if now - started_at > GIVE_UP_AFTER else UNFINISHED
+    return meta
+
+
+@dataclass
+class BuildJUnit:
+    path: str
+    finished_hash: str | None
+    tests: list[dict] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    malformed: int = 0
+    too_large: int = 0
+    bad_times: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def fetch_junit(store: ArtifactReader, path: str, finished_hash: str | None, max_file_bytes: int) -> BuildJUnit:
+    """Every JUnit file of one build, parsed; a file that fails costs only itself."""
+    out = BuildJUnit(path=path, finished_hash=finished_hash)
+    for obj in junit_paths(store, path):
+        out.files += 1
+        if obj.size > max_file_bytes:
+            out.too_large += 1
+            out.problems.append(f"{obj.path}: {obj.size} bytes is over the {max_file_bytes}-byte limit; skipped")
+            continue
+        data = store.read(obj.path)
+        if data is None:  # deleted between listing and reading
+            out.problems.append(f"{obj.path}: vanished before it could be read")
+            out.malformed += 1
+            continue
+        out.bytes += len(data)
+        parsed = parse_junit(data)
+        out.bad_times += parsed.bad_times
+        if parsed.malformed:
+            out.malformed += 1
+            out.problems.append(f"{obj.path}: {parsed.error}")
+            continue
+        out.tests.extend(parsed.tests)
+    return out

@@ -1,0 +1,24 @@
+"""Run-wide settings: which buckets, how many fetch threads, file limits."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import dagster as dg
+from pydantic import Field
+
+from ..core.config import BucketSet, load_buckets
+
+
+class KettleSettings(dg.ConfigurableResource):
+    """Settings every stage shares; `buckets_file` is Kettle's buckets.yaml."""
+
+    buckets_file: str = Field(description="Path to buckets.yaml.")
+    fetch_threads: int = Field(default=16, description="Bounded thread pool for artifact fetches.")
+    max_junit_file_bytes: int = Field(
+        default=256 * 1024 * 1024, description="JUnit files larger than this are skipped and counted."
+    )
+
+    @cached_property
+    def buckets(self) -> BucketSet:
+        return load_buckets(self.buckets_file)

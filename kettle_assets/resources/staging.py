@@ -1,0 +1,239 @@
+"""Staging: the bounded Parquet files that replace Kettle's one huge SQLite file.
+
+Layout under `<home>/staging/`:
+  known/<bucket>.parquet          every build already collected (small: keys and day)
+  listing/<bucket>.parquet        candidates of the last listing
+  metadata/<day>/<bucket>.parquet started/finished of builds finished that UTC day
+  junit/<day>.parquet             parsed tests per build of that day
+  rows/<day>.parquet              contract rows of that day
+and `<home>/export/` holds Kettle-format NDJSON. Every write replaces its
+file atomically, so a crashed run leaves the previous version, never half.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from ..core.rows import row_json
+
+KNOWN_SCHEMA = pa.schema(
+    [
+        ("listed_as", pa.string()),
+        ("path", pa.string()),
+        ("job", pa.string()),
+        ("state", pa.string()),
+        ("day", pa.string()),
+        ("finished_hash", pa.string()),
+    ]
+)
+LISTING_SCHEMA = pa.schema([("listed_as", pa.string()), ("job", pa.string()), ("path", pa.string())])
+METADATA_SCHEMA = pa.schema(
+    [
+        ("bucket", pa.string()),
+        ("listed_as", pa.string()),
+        ("job", pa.string()),
+        ("path", pa.string()),
+        ("started_json", pa.string()),
+        ("finished_json", pa.string()),
+        ("finished_hash", pa.string()),
+        ("day", pa.string()),
+    ]
+)
+TEST_TYPE = pa.struct(
+    [("name", pa.string()), ("time", pa.float64()), ("failed", pa.bool_()), ("failure_text", pa.string())]
+)
+JUNIT_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("finished_hash", pa.string()),
+        ("tests", pa.list_(TEST_TYPE)),
+        ("files", pa.int32()),
+        ("bytes", pa.int64()),
+        ("malformed", pa.int32()),
+        ("too_large", pa.int32()),
+    ]
+)
+# Contract rows as Kettle's JSON holds them: timestamps and elapsed as integer seconds.
+ROW_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("job", pa.string()),
+        ("number", pa.int64()),
+        ("started", pa.int64()),
+        ("finished", pa.int64()),
+        ("elapsed", pa.int64()),
+        ("passed", pa.bool_()),
+        ("result", pa.string()),
+        ("version", pa.string()),
+        ("executor", pa.string()),
+        ("repo_commit", pa.string()),
+        ("repos", pa.string()),
+        ("metadata", pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))),
+        ("test", pa.list_(TEST_TYPE)),
+        ("tests_run", pa.int64()),
+        ("tests_failed", pa.int64()),
+    ]
+)
+
+
+def row_from_arrow(record: dict) -> dict:
+    """A staged row back to Kettle's dict: absent values left out again."""
+    row = {k: v for k, v in record.items() if v is not None}
+    row["test"] = [{k: v for k, v in t.items() if v is not None} for t in record["test"] or []]
+    return row
+
+
+class StagingStore(dg.ConfigurableResource):
+    """Staging Parquet and exports under one data folder (KETTLE_HOME)."""
+
+    home: str = Field(description="Data folder: staging Parquet, the DuckDB file, exports.")
+
+    # --- paths -----------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.home) / "staging"
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.home) / "export"
+
+    def _known_file(self, slug: str) -> Path:
+        return self.root / "known" / f"{slug}.parquet"
+
+    def _listing_file(self, slug: str) -> Path:
+        return self.root / "listing" / f"{slug}.parquet"
+
+    def _metadata_file(self, day: str, slug: str) -> Path:
+        return self.root / "metadata" / day / f"{slug}.parquet"
+
+    def junit_file(self, day: str) -> Path:
+        return self.root / "junit" / f"{day}.parquet"
+
+    def rows_file(self, day: str) -> Path:
+        return self.root / "rows" / f"{day}.parquet"
+
+    # --- generic ---------------------------------------------------------------
+    @staticmethod
+    def _write(table: pa.Table, path: Path) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path.stat().st_size
+
+    @staticmethod
+    def _read(path: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+        if not path.exists():
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        return pq.read_table(path, columns=columns, schema=schema)
+
+    # --- known builds ----------------------------------------------------------
+    def read_known(self, slug: str) -> pa.Table:
+        return self._read(self._known_file(slug), KNOWN_SCHEMA)
+
+    def write_known(self, slug: str, table: pa.Table) -> int:
+        return self._write(table.cast(KNOWN_SCHEMA), self._known_file(slug))
+
+    # --- listing ---------------------------------------------------------------
+    def read_listing(self, slug: str) -> pa.Table:
+        return self._read(self._listing_file(slug), LISTING_SCHEMA)
+
+    def write_listing(self, slug: str, records: list[dict]) -> int:
+        return self._write(pa.Table.from_pylist(records, schema=LISTING_SCHEMA), self._listing_file(slug))
+
+    # --- build metadata by day -------------------------------------------------
+    def metadata_days(self) -> list[str]:
+        base = self.root / "metadata"
+        return sorted(p.name for p in base.iterdir()) if base.exists() else []
+
+    def read_metadata(self, day: str, slug: str | None = None) -> pa.Table:
+        """One bucket's builds of a day, or every bucket's when `slug` is None."""
+        if slug is not None:
+            return self._read(self._metadata_file(day, slug), METADATA_SCHEMA)
+        folder = self.root / "metadata" / day
+        files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+        if not files:
+            return METADATA_SCHEMA.empty_table()
+        return pa.concat_tables(pq.read_table(f, schema=METADATA_SCHEMA) for f in files)
+
+    def write_metadata(self, day: str, slug: str, table: pa.Table) -> int:
+        path = self._metadata_file(day, slug)
+        if table.num_rows == 0:
+            path.unlink(missing_ok=True)
+            return 0
+        return self._write(table.cast(METADATA_SCHEMA), path)
+
+    # --- junit and rows by day -------------------------------------------------
+    def read_junit(self, day: str) -> pa.Table:
+        return self._read(self.junit_file(day), JUNIT_SCHEMA)
+
+    def write_junit(self, day: str, table: pa.Table) -> int:
+        return self._write(table.cast(JUNIT_SCHEMA), self.junit_file(day))
+
+    def read_rows(self, day: str) -> pa.Table:
+        return self._read(self.rows_file(day), ROW_SCHEMA)
+
+    def write_rows(self, day: str, table: pa.Table) -> int:
+        return self._write(table.cast(ROW_SCHEMA), self.rows_file(day))
+
+    def row_days(self) -> list[str]:
+        base = self.root / "rows"
+        return sorted(p.stem for p in base.glob("*.parquet")) if base.exists() else []
+
+    # --- exports ---------------------------------------------------------------
+    def write_ndjson(self, relpath: str, rows: Iterable[dict]) -> tuple[Path, int, int]:
+        """Kettle's make_json output, gzipped, written atomically; (path, rows, bytes)."""
+        path = self.export_dir / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json.gz")
+        count = 0
+        try:
+            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+                for row in rows:
+                    gz.write(row_json(row).encode("ascii"))
+                    gz.write(b"\n")
+                    count += 1
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path, count, path.stat().st_size
+
+    def prune_before(self, day: str) -> list[str]:
+        """Retention: drop per-day staging older than `day` (the known index stays)."""
+        dropped = []
+        for kind in ("junit", "rows"):
+            for f in (self.root / kind).glob("*.parquet") if (self.root / kind).exists() else []:
+                if f.stem < day:
+                    f.unlink()
+                    dropped.append(f"{kind}/{f.name}")
+        meta = self.root / "metadata"
+        for d in meta.iterdir() if meta.exists() else []:
+            if d.name < day:
+                shutil.rmtree(d)
+                dropped.append(f"metadata/{d.name}")
+        return dropped
+
+
+def iter_rows(tables: Iterable[pa.Table], keep=None) -> Iterator[dict]:
+    """Kettle rows from staged tables, batch by batch to bound memory."""
+    for table in tables:
+        for batch in table.to_batches(max_chunksize=512):
+            for record in batch.to_pylist():
+                if keep is None or keep(record):
+                    yield row_from_arrow(record)

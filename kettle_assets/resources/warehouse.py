@@ -1,0 +1,110 @@
+"""The warehouse tables `all`, `week` and `day`.
+
+Loads are idempotent by construction: a day partition of `all` is deleted
+and re-inserted in one transaction (with any row of the same `path` found in
+another day, so a build whose finished time moved is never doubled), and the
+windows are replaced whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from ..core.schema import duckdb_columns
+
+TABLES = ("all", "week", "day")
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _select_rows(files: list[Path], where: str = "TRUE") -> str:
+    """Staged Parquet rows cast to the contract's types (epoch seconds to TIMESTAMP)."""
+    file_list = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
+    return f"""
+        SELECT path, job, number,
+               make_timestamp(started * 1000000) AS started,
+               make_timestamp(finished * 1000000) AS finished,
+               CAST(elapsed AS DOUBLE) AS elapsed,
+               passed, result, version, executor, repo_commit, repos,
+               metadata, test, tests_run, tests_failed
+        FROM read_parquet({file_list}, union_by_name = true)
+        WHERE {where}
+    """
+
+
+class Warehouse(dg.ConfigurableResource):
+    """Base of the warehouses: DuckDB locally, BigQuery in production."""
+
+    def replace_day(self, day: str, rows_file: Path, ndjson_file: Path | None = None) -> int:
+        raise NotImplementedError
+
+    def replace_window(self, table: str, rows_files: list[Path], since_epoch: int, ndjson_file: Path | None = None) -> int:
+        raise NotImplementedError
+
+    def count(self, table: str, where: str = "TRUE") -> int:
+        raise NotImplementedError
+
+    def describe(self, table: str) -> str:
+        raise NotImplementedError
+
+
+class DuckDBWarehouse(Warehouse):
+    """Kettle's BigQuery tables, in a local DuckDB file."""
+
+    duckdb: DuckDBResource = Field(description="The DuckDB database holding the tables.")
+
+    def describe(self, table: str) -> str:
+        return f"duckdb:{self.duckdb.database}#{table}"
+
+    def ensure_tables(self) -> None:
+        with self.duckdb.get_connection() as conn:
+            for table in TABLES:
+                conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({duckdb_columns()})')
+
+    def replace_day(self, day: str, rows_file: Path, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
+        """Make `all` hold exactly the staged rows of `day`; returns the rows loaded."""
+        self.ensure_tables()
+        with self.duckdb.get_connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                conn.execute(
+                    f"""DELETE FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
+                        OR path IN (SELECT path FROM read_parquet({_sql_str(str(rows_file))}))"""
+                )
+                conn.execute(f'INSERT INTO "all" {_select_rows([rows_file])}')
+                loaded = conn.execute(
+                    f"SELECT count(*) FROM read_parquet({_sql_str(str(rows_file))})"
+                ).fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return int(loaded)
+
+    def replace_window(self, table: str, rows_files: list[Path], since_epoch: int, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
+        """Replace `table` with the staged rows finished at or after `since_epoch`."""
+        assert table in ("week", "day"), table
+        self.ensure_tables()
+        with self.duckdb.get_connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                conn.execute(f'DELETE FROM "{table}"')
+                if rows_files:
+                    conn.execute(f'INSERT INTO "{table}" {_select_rows(rows_files, f"finished >= {int(since_epoch)}")}')
+                count = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return int(count)
+
+    def count(self, table: str, where: str = "TRUE") -> int:
+        self.ensure_tables()
+        with self.duckdb.get_connection() as conn:
+            return int(conn.execute(f'SELECT count(*) FROM "{table}" WHERE {where}').fetchone()[0])
