@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from .automation import collect_bucket_job, make_automation, refresh_windows_job, stage_and_publish_job
 from .assets.collection import make_collection_assets
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
@@ -78,21 +79,16 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     return [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
 
 
-COLLECT_SELECTION = dg.AssetSelection.assets("build_listing", "build_metadata")
-DAILY_SELECTION = dg.AssetSelection.assets("junit_results", "build_rows", "build_all")
-WINDOW_SELECTION = dg.AssetSelection.assets("build_week", "build_day")
-
-
 def build_definitions(settings: Settings) -> dg.Definitions:
     assets = build_assets(settings)
+    buckets = load_buckets(settings.buckets_file)
+    schedules, sensors = make_automation(buckets.keys, day_partitions(settings.start_date))
     return dg.Definitions(
         assets=assets,
         resources=build_resources(settings),
-        jobs=[
-            dg.define_asset_job("collect_bucket", selection=COLLECT_SELECTION),
-            dg.define_asset_job("stage_and_publish_day", selection=DAILY_SELECTION),
-            dg.define_asset_job("refresh_windows", selection=WINDOW_SELECTION),
-        ],
+        jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job],
+        schedules=schedules,
+        sensors=sensors,
         executor=dg.in_process_executor,
     )
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from .project import COLLECT_SELECTION, DAILY_SELECTION, WINDOW_SELECTION, Settings, build_assets, build_resources
+from .automation import COLLECT_SELECTION, DAILY_SELECTION, WINDOW_SELECTION, contiguous_ranges, range_tags
+from .project import Settings, build_assets, build_resources
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -48,16 +47,6 @@ def get_instance(settings: Settings) -> dg.DagsterInstance:
     base = Path(settings.home).resolve() / "dagster"
     base.mkdir(parents=True, exist_ok=True)
     return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(base)))
-
-
-def contiguous_ranges(days: list[str]) -> list[tuple[str, str]]:
-    ranges: list[tuple[str, str]] = []
-    for d in sorted(set(days)):
-        if ranges and date.fromisoformat(d) == date.fromisoformat(ranges[-1][1]) + timedelta(days=1):
-            ranges[-1] = (ranges[-1][0], d)
-        else:
-            ranges.append((d, d))
-    return ranges
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -97,7 +86,10 @@ def run_sync(
         echo(f"[collect {i}/{len(buckets)}] {bucket.url}")
         run_config = {
             **LOG_INFO,
-            "ops": {"build_listing": {"config": {"recheck_paths": list(recheck_paths or [])}}},
+            "ops": {
+                "build_listing": {"config": {"recheck_paths": list(recheck_paths or [])}},
+                "build_metadata": {"config": {"as_of": as_of}},
+            },
         }
         result = materialize(COLLECT_SELECTION, f"collect {bucket.key}", partition_key=bucket.key, run_config=run_config)
         listing, meta = _metadata(result, "build_listing"), _metadata(result, "build_metadata")
@@ -121,8 +113,7 @@ def run_sync(
     for i, (start, end) in enumerate(ranges, 1):
         label = start if start == end else f"{start}..{end}"
         echo(f"[stage+publish {i}/{len(ranges)}] {label}")
-        tags = {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
-        result = materialize(DAILY_SELECTION, f"days {label}", tags=tags, run_config=LOG_INFO)
+        result = materialize(DAILY_SELECTION, f"days {label}", tags=range_tags(start, end), run_config=LOG_INFO)
         loaded = _metadata(result, "build_all").get("rows_loaded", 0)
         summary.rows_loaded += loaded
         junit = _metadata(result, "junit_results")

@@ -2,6 +2,7 @@
 
 
 import time
+from typing import Optional
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +21,10 @@ PROGRESS_EVERY = 2000
 
 class ListingConfig(dg.Config):
     recheck_paths: list[str] = []  # build folders to fetch again even though known (e.g. finished.json changed)
+
+
+class MetadataConfig(dg.Config):
+    as_of: Optional[float] = None  # the "now" that decides which unfinished builds are given up; default: now
 
 
 def _bucket(settings: KettleSettings, key: str):
@@ -89,14 +94,14 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
         ),
     )
     def build_metadata(
-        context: dg.AssetExecutionContext, artifacts: ArtifactStore,
+        context: dg.AssetExecutionContext, config: MetadataConfig, artifacts: ArtifactStore,
         staging: StagingStore, settings: KettleSettings,
     ) -> dg.MaterializeResult:
         key = context.partition_key
         bucket = _bucket(settings, key)
         listing = staging.read_listing(bucket.slug).to_pylist()
         candidates = [Candidate(r["listed_as"], r["job"], r["path"]) for r in listing]
-        now = time.time()
+        now = config.as_of if config.as_of is not None else time.time()
         t0 = time.monotonic()
         states: Counter = Counter()
         problems = 0

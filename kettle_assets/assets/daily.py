@@ -36,6 +36,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         context: dg.AssetExecutionContext, artifacts: ArtifactStore, staging: StagingStore, settings: KettleSettings
     ) -> dg.MaterializeResult:
         totals = dict(builds=0, fetched=0, dropped=0, files=0, bytes=0, malformed=0, too_large=0, tests=0, bad_times=0)
+        per_day: list[dict] = []
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
             for day in context.partition_keys:
@@ -73,6 +74,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                     staging.write_junit(day, pa.Table.from_pylist(merged, schema=JUNIT_SCHEMA))
                 totals["builds"] += len(wanted)
                 totals["fetched"] += len(fetched)
+                per_day.append({"day": day, "builds": len(wanted), "fetched": len(fetched)})
                 context.log.info(
                     f"junit_results {day}: {len(wanted)} builds, {len(fetched)} fetched, {len(kept)} already staged"
                 )
@@ -83,6 +85,8 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v for k, v in totals.items()},
                 "malformed_share": round(rate, 4),
                 "seconds": round(elapsed, 2),
+                "partitions_in_run": len(per_day),
+                "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "builds", "fetched"])),
             }
         )
 
@@ -101,6 +105,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         buckets = settings.buckets
         totals = dict(rows=0, tests=0, tests_failed=0, problems=0, missing_junit=0, bytes=0)
         preview: list[dict] = []
+        per_day: list[dict] = []
         for day in context.partition_keys:
             tests_by_path = {
                 r["path"]: r["tests"] for r in staging.read_junit(day).select(["path", "tests"]).to_pylist()
@@ -134,11 +139,14 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
             totals["tests_failed"] += sum(r["tests_failed"] for r in rows)
             totals["bytes"] += size
             preview.extend(rows[: max(0, 10 - len(preview))])
+            per_day.append({"day": day, "rows": len(rows), "bytes": size})
             context.log.info(f"build_rows {day}: {len(rows)} rows, {sum(r['tests_run'] for r in rows)} tests")
         return dg.MaterializeResult(
             metadata={
                 **totals,
                 "dagster/row_count": totals["rows"],
+                "partitions_in_run": len(per_day),
+                "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "rows", "bytes"])),
                 "preview": dg.MetadataValue.md(
                     md_table(preview, ["path", "job", "result", "tests_run", "tests_failed"])
                 ),
@@ -162,6 +170,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
     def build_all(context: dg.AssetExecutionContext, staging: StagingStore, warehouse: Warehouse) -> dg.MaterializeResult:
         loaded = exported_bytes = 0
         skipped = []
+        per_day: list[dict] = []
         for day in context.partition_keys:
             rows_file = staging.rows_file(day)
             if not rows_file.exists():
@@ -172,6 +181,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
             n = warehouse.replace_day(day, rows_file, export)
             loaded += n
             exported_bytes += size
+            per_day.append({"day": day, "rows": n, "export_bytes": size})
             context.log.info(f"build_all {day}: {n} rows loaded into {warehouse.describe('all')}; export {export}")
         return dg.MaterializeResult(
             metadata={
@@ -179,6 +189,8 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 "dagster/row_count": warehouse.count("all"),
                 "export_bytes": exported_bytes,
                 "days_skipped": dg.MetadataValue.json(skipped),
+                "partitions_in_run": len(context.partition_keys),
+                "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "rows", "export_bytes"])),
                 "table": warehouse.describe("all"),
             }
         )
