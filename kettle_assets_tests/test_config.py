@@ -336,3 +336,9 @@ def test_exclude_regex_matches_in_the_middle():
     b = parse_buckets({"gs://bkt/logs/": {"prefix": "", "exclude_jobs": [r"e2e-\d+"]}}).buckets[0]
     assert b.excludes("ci-e2e-123-gce")
     assert not b.excludes("ci-e2e-gce")
+
+
+def test_same_url_twice_after_normalisation():
+    with pytest.raises(BucketConfigError) as ei:
+        parse_buckets({"gs://bkt/logs": {"prefix": ""}, "gs://bkt/logs/": {"prefix": "x:"}})
+    assert_rule(ei.value, "gs://bkt/logs/", "twice", "duplicate", "already")

@@ -4,6 +4,7 @@
 import time
 from typing import Optional
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -12,11 +13,11 @@ import pyarrow as pa
 from ..core import collect
 from ..core.listing import Candidate, ListingStats, list_candidates
 from ..resources.artifacts import ArtifactStore
-from ..resources.staging import StagingStore
+from ..resources.staging import KNOWN_SCHEMA, METADATA_SCHEMA, StagingStore
 from ..resources.settings import KettleSettings
 from .common import BUCKET_GROUP, md_table
 
-PROGRESS_EVERY = 2000
+FETCH_CHUNK = 5000  # builds fetched and merged into staging at a time
 
 
 class ListingConfig(dg.Config):
@@ -104,65 +105,34 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
         now = config.as_of if config.as_of is not None else time.time()
         t0 = time.monotonic()
         states: Counter = Counter()
-        problems = 0
-        finished: list[collect.BuildMeta] = []
+        problems: list[str] = []
+        merged = MergeCounts()
+        known_by_path = {r["path"]: r for r in staging.read_known(bucket.slug).to_pylist()}
         with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
-            for n, meta in enumerate(pool.map(lambda c: collect.fetch_build(artifacts, c, now), candidates), 1):
-                if meta.problems:
-                    problems += len(meta.problems)
+            # Chunks bound memory on a cold sync of a large bucket, and each chunk's
+            # progress is kept even if a later one fails.
+            for first in range(0, len(candidates), FETCH_CHUNK):
+                chunk = candidates[first : first + FETCH_CHUNK]
+                collected: list[collect.BuildMeta] = []
+                for meta in pool.map(lambda c: collect.fetch_build(artifacts, c, now), chunk):
                     for p in meta.problems:
                         context.log.warning(f"build_metadata {key}: {p}")
-                if meta.state == collect.FINISHED and meta.path and bucket.excludes(_job_of(meta.path)):
-                    meta.state = "excluded"
-                states[meta.state] += 1
-                if meta.state == collect.FINISHED:
-                    finished.append(meta)
-                elif meta.state == collect.GIVEN_UP:
-                    finished.append(meta)  # recorded as known, never staged as a row
-                if n % PROGRESS_EVERY == 0:
-                    context.log.info(f"build_metadata {key}: fetched {n}/{len(candidates)} builds")
-
-        known = staging.read_known(bucket.slug).to_pylist()
-        known_by_path = {r["path"]: r for r in known if r["path"]}
-        by_day: dict[str, list[collect.BuildMeta]] = defaultdict(list)
-        moved_out: dict[str, set[str]] = defaultdict(set)  # day -> paths that left it
-        new = updated = unchanged = 0
-        for meta in finished:
-            old = known_by_path.get(meta.path)
-            if meta.state == collect.GIVEN_UP:
-                if old is None:
-                    known_by_path[meta.path] = _known_record(meta)
-                continue
-            if old is not None and old["state"] == collect.FINISHED and old["finished_hash"] == meta.finished_hash:
-                unchanged += 1
-                continue
-            if old is not None and old["state"] == collect.FINISHED:
-                updated += 1
-                if old["day"] != meta.day:
-                    moved_out[old["day"]].add(meta.path)
-            else:
-                new += 1
-            known_by_path[meta.path] = _known_record(meta)
-            by_day[meta.day].append(meta)
-
-        affected = sorted(set(by_day) | set(moved_out))
-        for day in affected:
-            incoming = {m.path: m for m in by_day.get(day, [])}
-            current = staging.read_metadata(day, bucket.slug).to_pylist()
-            kept = [r for r in current if r["path"] not in incoming and r["path"] not in moved_out.get(day, ())]
-            kept.extend(_metadata_record(bucket.key, m) for m in incoming.values())
-            kept.sort(key=lambda r: r["path"])
-            staging.write_metadata(day, bucket.slug, pa.Table.from_pylist(kept))
-        # Known index last: if anything above fails, the builds are fetched again next time.
-        known_rows = sorted(known_by_path.values(), key=lambda r: r["listed_as"])
-        known_rows.extend(r for r in known if not r["path"])
-        staging.write_known(bucket.slug, pa.Table.from_pylist(known_rows))
-
+                    problems.extend(meta.problems)
+                    if meta.state == collect.FINISHED and bucket.excludes(_job_of(meta.path)):
+                        meta.state = "excluded"  # a PR entry whose folder belongs to an excluded job
+                    states[meta.state] += 1
+                    if meta.state in (collect.FINISHED, collect.GIVEN_UP):
+                        collected.append(meta)
+                merge_into_staging(staging, bucket, collected, known_by_path, merged)
+                context.log.info(f"build_metadata {key}: fetched {first + len(chunk)}/{len(candidates)} builds")
+        by_day = merged.by_day
+        affected = sorted(merged.affected)
+        new, updated, unchanged = merged.new, merged.updated, merged.unchanged
         elapsed = time.monotonic() - t0
         context.log.info(
             f"build_metadata {key}: {len(candidates)} fetched in {elapsed:.1f}s: {new} new finished, "
             f"{updated} updated, {states[collect.UNFINISHED]} unfinished, {states[collect.GIVEN_UP]} given up, "
-            f"{states[collect.ABSENT]} absent, {problems} problems; days affected: {', '.join(affected) or 'none'}"
+            f"{states[collect.ABSENT]} absent, {len(problems)} problems; days affected: {', '.join(affected) or 'none'}"
         )
         return dg.MaterializeResult(
             metadata={
@@ -175,17 +145,70 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
                 "absent": states[collect.ABSENT],
                 "excluded": states["excluded"],
                 "bad_paths": states[collect.BAD_PATH],
-                "problems": problems,
-                "known_builds": len(known_rows),
+                "problems": len(problems),
+                "known_builds": len(known_by_path),
                 "affected_days": dg.MetadataValue.json(affected),
                 "seconds": round(elapsed, 2),
                 "preview": dg.MetadataValue.md(
-                    md_table([{"day": d, "builds": len(by_day.get(d, []))} for d in affected[:20]], ["day", "builds"])
+                    md_table([{"day": d, "builds": by_day[d]} for d in affected[:20]], ["day", "builds"])
                 ),
+                "problems_preview": dg.MetadataValue.md(md_table([{"problem": p} for p in problems[:10]], ["problem"])),
             }
         )
 
     return build_listing, build_metadata
+
+
+@dataclass
+class MergeCounts:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    by_day: Counter = field(default_factory=Counter)  # day -> builds staged into it
+    affected: set = field(default_factory=set)  # days whose staged builds changed
+
+
+def merge_into_staging(
+    staging: StagingStore, bucket, collected: list[collect.BuildMeta], known_by_path: dict, counts: MergeCounts
+) -> None:
+    """Stage finished builds by day and record them (and given-up ones) as known.
+
+    A build whose finished.json changed replaces its old record, leaving the day
+    it was filed under if its finished time moved: updated, never doubled.
+    The known index is written last, so a failure before it means a re-fetch, not a loss.
+    """
+    incoming: dict[str, dict[str, collect.BuildMeta]] = defaultdict(dict)
+    moved_out: dict[str, set[str]] = defaultdict(set)
+    for meta in collected:
+        old = known_by_path.get(meta.path)
+        if meta.state == collect.GIVEN_UP:
+            if old is None:
+                known_by_path[meta.path] = _known_record(meta)
+            continue
+        if old is not None and old["state"] == collect.FINISHED:
+            if old["finished_hash"] == meta.finished_hash:
+                counts.unchanged += 1
+                continue
+            counts.updated += 1
+            if old["day"] != meta.day:
+                moved_out[old["day"]].add(meta.path)
+        else:
+            counts.new += 1
+        known_by_path[meta.path] = _known_record(meta)
+        incoming[meta.day][meta.path] = meta
+    for day in sorted(set(incoming) | set(moved_out)):
+        arriving = incoming.get(day, {})
+        leaving = moved_out.get(day, set())
+        current = staging.read_metadata(day, bucket.slug).to_pylist()
+        kept = [r for r in current if r["path"] not in arriving and r["path"] not in leaving]
+        kept.extend(_metadata_record(bucket.key, m) for m in arriving.values())
+        kept.sort(key=lambda r: r["path"])
+        staging.write_metadata(day, bucket.slug, pa.Table.from_pylist(kept, schema=METADATA_SCHEMA))
+        counts.by_day[day] += len(arriving)
+        counts.affected.add(day)
+    if collected:
+        rows = sorted(known_by_path.values(), key=lambda r: r["listed_as"])
+        staging.write_known(bucket.slug, pa.Table.from_pylist(rows, schema=KNOWN_SCHEMA))
 
 
 def _job_of(path: str) -> str:
