@@ -14,7 +14,8 @@ def _settings(args):
     from .project import Settings
 
     return Settings.from_env(
-        buckets_file=args.buckets, storage_root=args.storage_root, home=args.home, fetch_threads=args.threads
+        buckets_file=args.buckets, storage_root=args.storage_root, home=args.home, fetch_threads=args.threads,
+        env=args.env,
     )
 
 
@@ -25,21 +26,25 @@ def cmd_sync(args) -> int:
     except BucketConfigError as exc:
         print(f"kettle: bad configuration: {exc}", file=sys.stderr)
         return 2
-    if settings.storage_root is None:
+    if settings.env == "local" and settings.storage_root is None:
         print(
-            "kettle: no artifact store: set KETTLE_STORAGE_ROOT or --storage-root to a local folder "
+            "kettle: bad configuration: KETTLE_ENV=local needs KETTLE_STORAGE_ROOT or --storage-root "
             "(`kettle sample DIR` writes one)",
             file=sys.stderr,
         )
         return 2
-    if not Path(settings.storage_root).is_dir():
+    if settings.env == "gcp" and not settings.bq_project:
+        print("kettle: bad configuration: KETTLE_ENV=gcp needs KETTLE_BQ_PROJECT", file=sys.stderr)
+        return 2
+    if settings.env == "local" and not Path(settings.storage_root).is_dir():
         print(f"kettle: bad configuration: storage root {settings.storage_root} is not a folder", file=sys.stderr)
         return 2
     if not args.verbose:
         logging.getLogger("dagster").setLevel(logging.WARNING)
     from .sync import run_sync
 
-    print(f"kettle sync: buckets {settings.buckets_file}, artifacts {settings.storage_root}, home {settings.home}")
+    where = settings.storage_root if settings.env == "local" else "GCS"
+    print(f"kettle sync ({settings.env}): buckets {settings.buckets_file}, artifacts {where}, home {settings.home}")
     summary = run_sync(settings, as_of=args.as_of, recheck_paths=args.recheck)
     print()
     print(f"summary: {len(summary.buckets)} buckets, {len(summary.days)} days published, "
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sync = sub.add_parser("sync", help="one full cycle: list, collect, stage, publish, refresh windows")
+    sync.add_argument("--env", choices=["local", "gcp"],
+                      help="local: folder + DuckDB; gcp: GCS + BigQuery (env KETTLE_ENV)")
     sync.add_argument("--buckets", help="buckets.yaml (env KETTLE_BUCKETS, default ./buckets.yaml)")
     sync.add_argument("--storage-root", help="local folder standing for gs:// (env KETTLE_STORAGE_ROOT)")
     sync.add_argument("--home", help="data folder: staging, DuckDB, exports (env KETTLE_HOME, default ./.kettle)")

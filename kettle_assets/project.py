@@ -1,9 +1,13 @@
 """Builds the code location (assets, resources, jobs) from settings or the environment.
 
+KETTLE_ENV          local (folder + DuckDB) or gcp (GCS + BigQuery); default: local when
+                    KETTLE_STORAGE_ROOT is set, else gcp
 KETTLE_BUCKETS      buckets.yaml (default: ./buckets.yaml)
-KETTLE_STORAGE_ROOT a folder standing for gs:// (the embedded default)
+KETTLE_STORAGE_ROOT a folder standing for gs:// (local)
 KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default: ./.kettle)
 KETTLE_START_DATE   first day partition (default 2014-01-01)
+KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
+KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
-from .resources.artifacts import LocalArtifactStore
+from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
+from .resources.bigquery import BigQueryWarehouse, KettleBigQueryResource
 from .resources.settings import KettleSettings
 from .resources.staging import StagingStore
 from .resources.warehouse import DuckDBWarehouse
@@ -40,6 +45,15 @@ class Settings:
     home: str
     start_date: str = DEFAULT_START_DATE
     fetch_threads: int = 16
+    env: str = "local"
+    gcs_timeout: float = 30.0
+    gcs_deadline: float = 120.0
+    bq_project: str | None = None
+    bq_dataset: str = "build"
+    bq_location: str | None = None
+    bq_endpoint: str | None = None
+    bq_deadline: float = 180.0
+    max_row_bytes: int = 100 * 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -49,24 +63,57 @@ class Settings:
             home=os.environ.get("KETTLE_HOME", ".kettle"),
             start_date=os.environ.get("KETTLE_START_DATE", DEFAULT_START_DATE),
             fetch_threads=int(os.environ.get("KETTLE_FETCH_THREADS", "16")),
+            gcs_timeout=float(os.environ.get("KETTLE_GCS_TIMEOUT", "30")),
+            gcs_deadline=float(os.environ.get("KETTLE_GCS_DEADLINE", "120")),
+            bq_project=os.environ.get("KETTLE_BQ_PROJECT") or None,
+            bq_dataset=os.environ.get("KETTLE_BQ_DATASET", "build"),
+            bq_location=os.environ.get("KETTLE_BQ_LOCATION") or None,
+            bq_endpoint=os.environ.get("KETTLE_BQ_ENDPOINT") or None,
+            bq_deadline=float(os.environ.get("KETTLE_BQ_DEADLINE", "180")),
+            max_row_bytes=int(os.environ.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024))),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["env"] = overrides.get("env") or os.environ.get("KETTLE_ENV") or (
+            "local" if values["storage_root"] else "gcp"
+        )
+        if values["env"] not in ("local", "gcp"):
+            raise ValueError(f"KETTLE_ENV must be local or gcp, not {values['env']!r}")
         return cls(**values)
 
 
 def build_resources(settings: Settings) -> dict:
+    """The one switch between the embedded default and production (KETTLE_ENV)."""
     home = Path(settings.home).resolve()
-    if settings.storage_root is None:
-        raise ValueError(
-            "KETTLE_STORAGE_ROOT is not set: set it to a local artifact folder "
-            "(run `kettle sample DIR` for one); real GCS arrives with the production resources"
+    if settings.env == "local":
+        if settings.storage_root is None:
+            raise ValueError("KETTLE_ENV=local needs KETTLE_STORAGE_ROOT (run `kettle sample DIR` for one)")
+        artifacts = LocalArtifactStore(root=str(Path(settings.storage_root).resolve()))
+        warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(home / "warehouse.duckdb")))
+    else:
+        artifacts = GCSArtifactStore(
+            project=settings.bq_project,
+            request_timeout_seconds=settings.gcs_timeout,
+            deadline_seconds=settings.gcs_deadline,
+        )
+        warehouse = BigQueryWarehouse(
+            bigquery=KettleBigQueryResource(
+                project=settings.bq_project,
+                location=settings.bq_location,
+                api_endpoint=settings.bq_endpoint,
+                anonymous_credentials=bool(settings.bq_endpoint),
+            ),
+            dataset=settings.bq_dataset,
+            retry_deadline_seconds=settings.bq_deadline,
+            request_timeout_seconds=min(60.0, settings.bq_deadline),
         )
     return {
-        "artifacts": LocalArtifactStore(root=str(Path(settings.storage_root).resolve())),
+        "artifacts": artifacts,
         "staging": StagingStore(home=str(home)),
-        "warehouse": DuckDBWarehouse(duckdb=DuckDBResource(database=str(home / "warehouse.duckdb"))),
+        "warehouse": warehouse,
         "settings": KettleSettings(
-            buckets_file=str(Path(settings.buckets_file).resolve()), fetch_threads=settings.fetch_threads
+            buckets_file=str(Path(settings.buckets_file).resolve()),
+            fetch_threads=settings.fetch_threads,
+            max_row_bytes=settings.max_row_bytes,
         ),
     }
 

@@ -100,8 +100,10 @@ def run_sync(
             f"{meta.get('updated', 0)} updated, {meta.get('unfinished', 0)} unfinished, {meta.get('given_up', 0)} given up"
         )
 
+    # Every day with unpublished changes: this cycle's, and any an earlier cycle failed to publish.
+    pending = set(resources["staging"].dirty_days()) | affected
     valid = set()
-    for day in affected:
+    for day in sorted(pending):
         if day_partitions.has_partition_key(day):
             valid.add(day)
         else:

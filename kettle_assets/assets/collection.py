@@ -47,6 +47,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
         key = context.partition_key
         bucket = _bucket(settings, key)
         started = time.monotonic()
+        retries_before = artifacts.retries
         known = staging.read_known(bucket.slug)
         known_keys = set(known.column("listed_as").to_pylist())
         stats = ListingStats()
@@ -77,6 +78,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
                 "builds_known": len(known_keys),
                 "candidates": len(records),
                 "bad_paths": stats.bad_paths,
+                "artifact_retries": artifacts.retries - retries_before,
                 "bytes": dg.MetadataValue.int(size),
                 "seconds": round(elapsed, 2),
                 "preview": dg.MetadataValue.md(md_table(records[:10], ["job", "listed_as"])),
@@ -104,6 +106,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
         candidates = [Candidate(r["listed_as"], r["job"], r["path"]) for r in listing]
         now = config.as_of if config.as_of is not None else time.time()
         t0 = time.monotonic()
+        retries_before = artifacts.retries
         states: Counter = Counter()
         problems: list[str] = []
         merged = MergeCounts()
@@ -145,6 +148,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
                 "absent": states[collect.ABSENT],
                 "excluded": states["excluded"],
                 "bad_paths": states[collect.BAD_PATH],
+                "artifact_retries": artifacts.retries - retries_before,
                 "problems": len(problems),
                 "known_builds": len(known_by_path),
                 "affected_days": dg.MetadataValue.json(affected),
@@ -206,6 +210,7 @@ def merge_into_staging(
         staging.write_metadata(day, bucket.slug, pa.Table.from_pylist(kept, schema=METADATA_SCHEMA))
         counts.by_day[day] += len(arriving)
         counts.affected.add(day)
+    staging.mark_dirty(incoming.keys() | moved_out.keys())
     if collected:
         rows = sorted(known_by_path.values(), key=lambda r: r["listed_as"])
         staging.write_known(bucket.slug, pa.Table.from_pylist(rows, schema=KNOWN_SCHEMA))

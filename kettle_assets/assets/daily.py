@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow as pa
 
 from ..core import collect
-from ..core.rows import RowProblems, build_row
+from ..core.rows import RowProblems, build_row, trim_row
 from ..resources.artifacts import ArtifactStore
 from ..resources.settings import KettleSettings
 from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore, iter_rows
@@ -39,8 +39,10 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         totals = dict(builds=0, fetched=0, dropped=0, files=0, bytes=0, malformed=0, too_large=0, tests=0, bad_times=0)
         per_day: list[dict] = []
         t0 = time.monotonic()
+        retries_before = artifacts.retries
         with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
             for day in context.partition_keys:
+                read_at = time.time()
                 wanted = {
                     r["path"]: r["finished_hash"]
                     for r in staging.read_metadata(day).select(["path", "finished_hash"]).to_pylist()
@@ -73,6 +75,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 if fetched or len(kept) != len(have) or not staging.junit_file(day).exists():
                     merged = sorted(kept + fetched, key=lambda r: r["path"])
                     staging.write_junit(day, pa.Table.from_pylist(merged, schema=JUNIT_SCHEMA))
+                staging.record_junit_read(day, read_at)
                 totals["builds"] += len(wanted)
                 totals["fetched"] += len(fetched)
                 per_day.append({"day": day, "builds": len(wanted), "fetched": len(fetched)})
@@ -85,6 +88,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
             metadata={
                 **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v for k, v in totals.items()},
                 "malformed_share": round(rate, 4),
+                "artifact_retries": artifacts.retries - retries_before,
                 "seconds": round(elapsed, 2),
                 "partitions_in_run": len(per_day),
                 "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "builds", "fetched"])),
@@ -105,7 +109,8 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         context: dg.AssetExecutionContext, staging: StagingStore, settings: KettleSettings
     ) -> dg.MaterializeResult:
         buckets = settings.buckets
-        totals = dict(rows=0, tests=0, tests_failed=0, problems=0, waiting_for_junit=0, bytes=0)
+        totals = dict(rows=0, tests=0, tests_failed=0, problems=0, waiting_for_junit=0, rows_trimmed=0, bytes=0)
+        trims: list[dict] = []
         preview: list[dict] = []
         per_day: list[dict] = []
         for day in context.partition_keys:
@@ -134,6 +139,11 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                     [[{k: v for k, v in t.items() if v is not None} for t in tests]],
                     problems,
                 )
+                trimmed = trim_row(row, settings.max_row_bytes)
+                if trimmed:
+                    totals["rows_trimmed"] += 1
+                    trims.append({"path": path, "trim": trimmed})
+                    context.log.warning(f"build_rows {path}: over BigQuery's row limit; {trimmed}")
                 for note in problems.notes:
                     context.log.warning(f"build_rows {path}: {note}")
                 totals["problems"] += len(problems.notes)
@@ -153,6 +163,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 "dagster/row_count": totals["rows"],
                 "partitions_in_run": len(per_day),
                 "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "rows", "bytes"])),
+                "trimmed_rows": dg.MetadataValue.md(md_table(trims[:20], ["path", "trim"])),
                 "preview": dg.MetadataValue.md(
                     md_table(preview, ["path", "job", "result", "tests_run", "tests_failed"])
                 ),
@@ -185,6 +196,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 continue
             export, count, size = staging.write_ndjson(f"all/{day}.json.gz", iter_rows([staging.read_rows(day)]))
             n = warehouse.replace_day(day, rows_file, export)
+            staging.clear_dirty(day, staging.junit_read_at(day))
             loaded += n
             exported_bytes += size
             per_day.append({"day": day, "rows": n, "export_bytes": size})

@@ -157,3 +157,51 @@ def build_row(
 def row_json(row: dict) -> str:
     """One line of Kettle's make_json output (json.dump with sorted keys)."""
     return json.dumps(row, sort_keys=True)
+
+
+BIGQUERY_ROW_LIMIT = 100 * 1024 * 1024  # BigQuery's maximum row size in a JSON load
+_TEXT_CAPS = (1 << 20, 1 << 16, 1 << 12, 1 << 9, 0)
+
+
+def trim_row(row: dict, max_bytes: int = BIGQUERY_ROW_LIMIT) -> str | None:
+    """Shrink a row that BigQuery would refuse, in place; returns what was done, or None.
+
+    Failure texts are cut first (to ever shorter caps), then passing tests are
+    dropped, last first; failing tests go only if that is still not enough.
+    `tests_run` and `tests_failed` keep the counts of the build as it ran.
+    """
+    size = len(row_json(row))
+    if size <= max_bytes:
+        return None
+    original = size
+    done: list[str] = []
+    tests = row["test"]
+    for cap in _TEXT_CAPS:
+        cut = 0
+        for t in tests:
+            text = t.get("failure_text")
+            if text is not None and len(text) > cap:
+                t["failure_text"] = text[:cap]
+                cut += 1
+        if cut:
+            done.append(f"{cut} failure texts cut to {cap} characters")
+        size = len(row_json(row))
+        if size <= max_bytes:
+            break
+    if size > max_bytes:
+        for keep_failed in (True, False):
+            dropped = 0
+            for i in range(len(tests) - 1, -1, -1):
+                if size <= max_bytes:
+                    break
+                if keep_failed and tests[i].get("failed"):
+                    continue
+                size -= len(json.dumps(tests[i], sort_keys=True)) + 2
+                del tests[i]
+                dropped += 1
+            if dropped:
+                done.append(f"{dropped} {'passing' if keep_failed else 'failing'} tests dropped")
+            size = len(row_json(row))
+            if size <= max_bytes:
+                break
+    return f"row of {original} bytes trimmed to {size}: " + "; ".join(done)

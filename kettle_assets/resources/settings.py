@@ -19,6 +19,10 @@ class KettleSettings(dg.ConfigurableResource):
         default=256 * 1024 * 1024, description="JUnit files larger than this are skipped and counted."
     )
 
+    max_row_bytes: int = Field(
+        default=100 * 1024 * 1024, description="Rows larger than this (BigQuery's limit) are trimmed, never dropped."
+    )
+
     @cached_property
     def buckets(self) -> BucketSet:
         return load_buckets(self.buckets_file)

@@ -16,6 +16,7 @@ import gzip
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -194,6 +195,51 @@ class StagingStore(dg.ConfigurableResource):
     def row_days(self) -> list[str]:
         base = self.root / "rows"
         return sorted(p.stem for p in base.glob("*.parquet")) if base.exists() else []
+
+    # --- days waiting to be published -----------------------------------------
+    # build_metadata marks the days it changed; build_all clears a mark only if it was made
+    # before junit_results read that day's metadata. A crash or a failed load anywhere in
+    # between leaves the mark, so the next cycle publishes the day: nothing is marked done
+    # that did not land.
+    def mark_dirty(self, days: Iterable[str]) -> None:
+        folder = self.root / "dirty"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = repr(time.time())
+        for day in days:
+            (folder / day).write_text(stamp)
+
+    def dirty_days(self) -> dict[str, float]:
+        folder = self.root / "dirty"
+        if not folder.exists():
+            return {}
+        out = {}
+        for f in folder.iterdir():
+            try:
+                out[f.name] = float(f.read_text() or 0)
+            except (OSError, ValueError):
+                out[f.name] = float("inf")
+        return dict(sorted(out.items()))
+
+    def clear_dirty(self, day: str, marked_before: float) -> bool:
+        f = self.root / "dirty" / day
+        try:
+            if float(f.read_text() or 0) <= marked_before:
+                f.unlink()
+                return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def record_junit_read(self, day: str, at: float) -> None:
+        path = self.root / "junit" / f"{day}.read_at"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(repr(at))
+
+    def junit_read_at(self, day: str) -> float:
+        try:
+            return float((self.root / "junit" / f"{day}.read_at").read_text())
+        except (OSError, ValueError):
+            return 0.0
 
     # --- exports ---------------------------------------------------------------
     def write_ndjson(self, relpath: str, rows: Iterable[dict]) -> tuple[Path, int, int]:
