@@ -1,15 +1,30 @@
 """Jobs, schedules and sensors: the cycle `kettle sync` runs by hand, run by Dagster's daemon.
 
-- `reconcile_buckets` (schedule): re-list and collect every bucket.
-- `publish_affected_days` (sensor): after any bucket's `build_metadata`
-  materializes, stage and publish the days it touched, one run per
-  contiguous range of days (never a run per build).
+- `stream_finished_builds` (sensor): GCS notifications of new finished.json (Pub/Sub, or the
+  local folder watcher) become one run per day naming its new builds (Kettle's stream.py).
+- `reconcile_buckets` (schedule): re-list and collect every bucket, so a lost notification
+  costs latency, never data.
+- `publish_affected_days` (sensor): after any bucket's `build_metadata` materializes, stage
+  and publish the days it touched, one run per contiguous range of days (never a run per
+  build); it also re-requests days left unpublished by a failed run.
 - `refresh_windows_hourly` (schedule): rebuild `week` and `day` so they slide with time.
+- `close_yesterday` (schedule): redo yesterday's partition once it is complete.
 """
 
+import hashlib
+import json
+import time
+from collections import defaultdict
 from datetime import date, timedelta
 
 import dagster as dg
+
+from .core.collect import finished_day
+from .core.stream import finished_build
+from .resources.artifacts import ArtifactStore
+from .resources.notifications import NotificationSource
+from .resources.settings import KettleSettings
+from .resources.staging import StagingStore
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 COLLECT_SELECTION = dg.AssetSelection.assets("build_listing", "build_metadata")
@@ -27,6 +42,17 @@ stage_and_publish_job = dg.define_asset_job(
 refresh_windows_job = dg.define_asset_job(
     "refresh_windows", selection=WINDOW_SELECTION, description="Replace `week` and `day` with the windows ending now."
 )
+stream_job = dg.define_asset_job(
+    "stream_builds",
+    selection=DAILY_SELECTION | WINDOW_SELECTION,
+    description="Collect, stage and publish the builds named in run config (one day partition per run).",
+)
+STREAM_OPS = ("junit_results", "build_rows", "build_all", "build_week", "build_day")
+UNPUBLISHED_GRACE_SECONDS = 600  # a dirty day older than this, with no run fixing it, is requested again
+
+
+def stream_run_config(paths: list[str]) -> dict:
+    return {"ops": {op: {"config": {"builds": sorted(paths)}} for op in STREAM_OPS}}
 
 
 def contiguous_ranges(days: list[str]) -> list[tuple[str, str]]:
@@ -64,6 +90,67 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
         description="Slide `week` and `day` forward even when nothing new arrived.",
     )
 
+    @dg.schedule(
+        name="close_yesterday",
+        cron_schedule="30 0 * * *",
+        execution_timezone="UTC",
+        job=stage_and_publish_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Redo yesterday's day partition once every build of it has finished.",
+    )
+    def close_yesterday(context: dg.ScheduleEvaluationContext):
+        day = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
+        return dg.RunRequest(run_key=f"close-{day}", partition_key=day)
+
+    @dg.sensor(
+        name="stream_finished_builds",
+        job=stream_job,
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Pub/Sub (or folder) notifications of finished.json -> runs naming the new builds.",
+    )
+    def stream_finished_builds(
+        context: dg.SensorEvaluationContext, notifications: NotificationSource,
+        artifacts: ArtifactStore, settings: KettleSettings,
+    ):
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        # The run requests of the last tick were recorded with the cursor that holds these ids:
+        # only now is it safe to acknowledge them. A tick that died before that never got here.
+        notifications.ack(cursor.get("ack", []))
+        messages = notifications.pull()
+        irrelevant, retry, keep = [], [], []
+        by_day: dict[str, set[str]] = defaultdict(set)
+        now = time.time()
+        for note in messages:
+            build, why = finished_build(note, settings.buckets)
+            if build is None:
+                irrelevant.append(note.ack_id)
+                continue
+            day = finished_day(artifacts, build.path, now)
+            if day is None:
+                context.log.warning(f"{build.path}/finished.json cannot be read; it will come back")
+                retry.append(note.ack_id)
+                continue
+            if not days.has_partition_key(day):
+                context.log.warning(f"{build.path} finished on {day}, outside the day partitions; not streamed")
+                irrelevant.append(note.ack_id)
+                continue
+            by_day[day].add(build.path)
+            keep.append(note.ack_id)
+        notifications.ack(irrelevant)
+        notifications.nack(retry)
+        requests = []
+        for day, paths in sorted(by_day.items()):
+            key = hashlib.sha1("\n".join(sorted(paths)).encode() + str(now).encode()).hexdigest()[:16]
+            requests.append(
+                dg.RunRequest(run_key=f"stream-{day}-{key}", partition_key=day, run_config=stream_run_config(list(paths)))
+            )
+        context.log.info(
+            f"{len(messages)} notifications: {len(keep)} finished builds in {len(requests)} runs, "
+            f"{len(irrelevant)} irrelevant, {len(retry)} to retry"
+        )
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"ack": keep}))
+
     @dg.sensor(
         name="publish_affected_days",
         jobs=[stage_and_publish_job, refresh_windows_job],
@@ -71,29 +158,32 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Stage and publish the days each build_metadata materialization touched, then refresh the windows.",
     )
-    def publish_affected_days(context: dg.SensorEvaluationContext):
+    def publish_affected_days(context: dg.SensorEvaluationContext, staging: StagingStore):
         after = int(context.cursor) if context.cursor else None
         result = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("build_metadata"), after_storage_id=after),
             limit=200,
             ascending=True,
         )
-        if not result.records:
-            return dg.SkipReason("no new build_metadata materializations")
         touched: set[str] = set()
         for record in result.records:
             value = record.asset_materialization.metadata.get("affected_days")
             touched.update(getattr(value, "value", None) or [])
-        valid = sorted(d for d in touched if days.has_partition_key(d))
+        last = result.records[-1].storage_id if result.records else after
+        # Days whose changes were never published (a failed or killed run): ask again, hourly.
+        hour = int(time.time() // 3600)
+        stale = [d for d, marked in staging.dirty_days().items() if time.time() - marked > UNPUBLISHED_GRACE_SECONDS]
+        valid = sorted(d for d in touched | set(stale) if days.has_partition_key(d))
         for skipped in sorted(touched - set(valid)):
             context.log.warning(f"builds finished on {skipped}, outside the day partitions; not published")
-        last = result.records[-1].storage_id
+        if not valid:
+            return dg.SensorResult(skip_reason="no days to publish", cursor=str(last) if last else None)
+        tag = f"{last}" if touched else f"retry-{hour}"
         requests = [
-            dg.RunRequest(run_key=f"days-{start}-{end}-{last}", job_name=stage_and_publish_job.name, tags=range_tags(start, end))
+            dg.RunRequest(run_key=f"days-{start}-{end}-{tag}", job_name=stage_and_publish_job.name, tags=range_tags(start, end))
             for start, end in contiguous_ranges(valid)
         ]
-        if requests:
-            requests.append(dg.RunRequest(run_key=f"windows-{last}", job_name=refresh_windows_job.name))
-        return dg.SensorResult(run_requests=requests, cursor=str(last))
+        requests.append(dg.RunRequest(run_key=f"windows-{tag}", job_name=refresh_windows_job.name))
+        return dg.SensorResult(run_requests=requests, cursor=str(last) if last else None)
 
-    return [reconcile_buckets, refresh_windows_hourly], [publish_affected_days]
+    return [reconcile_buckets, refresh_windows_hourly, close_yesterday], [stream_finished_builds, publish_affected_days]

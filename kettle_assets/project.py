@@ -8,6 +8,7 @@ KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default:
 KETTLE_START_DATE   first day partition (default 2014-01-01)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
+KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from .automation import collect_bucket_job, make_automation, refresh_windows_job, stage_and_publish_job
+from .automation import collect_bucket_job, make_automation, refresh_windows_job, stage_and_publish_job, stream_job
 from .assets.collection import make_collection_assets
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
@@ -28,6 +29,7 @@ from .assets.windows import make_window_assets
 from .core.config import load_buckets
 from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
 from .resources.bigquery import BigQueryWarehouse, KettleBigQueryResource
+from .resources.notifications import LocalFolderNotificationSource, PubSubNotificationSource
 from .resources.settings import KettleSettings
 from .resources.staging import StagingStore
 from .resources.warehouse import DuckDBWarehouse
@@ -53,6 +55,7 @@ class Settings:
     bq_location: str | None = None
     bq_endpoint: str | None = None
     bq_deadline: float = 180.0
+    pubsub_subscription: str | None = None
     max_row_bytes: int = 100 * 1024 * 1024
 
     @classmethod
@@ -70,6 +73,7 @@ class Settings:
             bq_location=os.environ.get("KETTLE_BQ_LOCATION") or None,
             bq_endpoint=os.environ.get("KETTLE_BQ_ENDPOINT") or None,
             bq_deadline=float(os.environ.get("KETTLE_BQ_DEADLINE", "180")),
+            pubsub_subscription=os.environ.get("KETTLE_PUBSUB_SUBSCRIPTION") or None,
             max_row_bytes=int(os.environ.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024))),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -89,6 +93,11 @@ def build_resources(settings: Settings) -> dict:
             raise ValueError("KETTLE_ENV=local needs KETTLE_STORAGE_ROOT (run `kettle sample DIR` for one)")
         artifacts = LocalArtifactStore(root=str(Path(settings.storage_root).resolve()))
         warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(home / "warehouse.duckdb")))
+        notifications = LocalFolderNotificationSource(
+            root=str(Path(settings.storage_root).resolve()), state_file=str(home / "stream" / "local_watch.json")
+        )
+        if settings.pubsub_subscription:  # local artifacts, but notifications from Pub/Sub
+            notifications = PubSubNotificationSource(subscription=settings.pubsub_subscription)
     else:
         artifacts = GCSArtifactStore(
             project=settings.bq_project,
@@ -106,10 +115,12 @@ def build_resources(settings: Settings) -> dict:
             retry_deadline_seconds=settings.bq_deadline,
             request_timeout_seconds=min(60.0, settings.bq_deadline),
         )
+        notifications = PubSubNotificationSource(subscription=settings.pubsub_subscription or "")
     return {
         "artifacts": artifacts,
         "staging": StagingStore(home=str(home)),
         "warehouse": warehouse,
+        "notifications": notifications,
         "settings": KettleSettings(
             buckets_file=str(Path(settings.buckets_file).resolve()),
             fetch_threads=settings.fetch_threads,
@@ -133,7 +144,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         resources=build_resources(settings),
-        jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job],
+        jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job],
         schedules=schedules,
         sensors=sensors,
         executor=dg.in_process_executor,

@@ -189,9 +189,13 @@ def merge_into_staging(
             if old is None:
                 known_by_path[meta.path] = _known_record(meta)
             continue
+        if old is not None and old["listed_as"] != old["path"]:
+            meta.listed_as = old["listed_as"]  # keep the listing's key (a PR directory entry), whoever fetched it
         if old is not None and old["state"] == collect.FINISHED:
             if old["finished_hash"] == meta.finished_hash:
                 counts.unchanged += 1
+                if old["listed_as"] != meta.listed_as:
+                    known_by_path[meta.path] = _known_record(meta)
                 continue
             counts.updated += 1
             if old["day"] != meta.day:
@@ -214,6 +218,40 @@ def merge_into_staging(
     if collected:
         rows = sorted(known_by_path.values(), key=lambda r: r["listed_as"])
         staging.write_known(bucket.slug, pa.Table.from_pylist(rows, schema=KNOWN_SCHEMA))
+
+
+def collect_named_builds(
+    artifacts: ArtifactStore, staging: StagingStore, settings: KettleSettings, paths: list[str], now: float, log
+) -> MergeCounts:
+    """The streaming path's collection: fetch exactly these build folders (known or not) and
+    stage them like build_metadata does, with the same exclusion rule."""
+    counts = MergeCounts()
+    by_bucket: dict = defaultdict(list)
+    for path in sorted(set(p.rstrip("/") for p in paths)):
+        owner = settings.buckets.owner_of(path)
+        if owner is None:
+            log.warning(f"{path}: not under any bucket of buckets.yaml; ignored")
+            continue
+        if owner.excludes(_job_of(path)):
+            log.info(f"{path}: job excluded by buckets.yaml; ignored")
+            continue
+        by_bucket[owner].append(collect_candidate(path))
+    with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
+        for bucket, cands in by_bucket.items():
+            metas = list(pool.map(lambda c: collect.fetch_build(artifacts, c, now), cands))
+            for meta in metas:
+                for p in meta.problems:
+                    log.warning(p)
+            known_by_path = {r["path"]: r for r in staging.read_known(bucket.slug).to_pylist()}
+            merge_into_staging(
+                staging, bucket, [m for m in metas if m.state in (collect.FINISHED, collect.GIVEN_UP)],
+                known_by_path, counts,
+            )
+    return counts
+
+
+def collect_candidate(path: str) -> Candidate:
+    return Candidate(listed_as=path, job=_job_of(path), path=path)
 
 
 def _job_of(path: str) -> str:

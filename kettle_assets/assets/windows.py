@@ -7,6 +7,7 @@ of the few days the window touches.
 
 
 import time
+from typing import Optional
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -19,7 +20,8 @@ DAY_SECONDS = 86400
 
 
 class WindowConfig(dg.Config):
-    as_of: float | None = None  # epoch seconds the window ends at; default: now
+    as_of: Optional[float] = None  # epoch seconds the window ends at; default: now
+    builds: list[str] = []  # streaming runs: upsert just these builds, leave the rest (and the export) as is
 
 
 def window_days(since_epoch: int, until_epoch: int) -> list[str]:
@@ -33,11 +35,13 @@ def window_days(since_epoch: int, until_epoch: int) -> list[str]:
 
 
 def refresh_window(
-    context: dg.AssetExecutionContext, table: str, days: int, as_of: float | None,
+    context: dg.AssetExecutionContext, table: str, days: int, config: WindowConfig,
     staging: StagingStore, warehouse: Warehouse,
 ) -> dg.MaterializeResult:
-    now = int(as_of if as_of is not None else time.time())
+    now = int(config.as_of if config.as_of is not None else time.time())
     since = now - days * DAY_SECONDS
+    if config.builds:
+        return _upsert_window(context, table, since, config.builds, staging, warehouse)
     staged = set(staging.row_days())
     files = [staging.rows_file(d) for d in window_days(since, now) if d in staged]
     in_window = lambda r: r["finished"] is not None and r["finished"] >= since  # noqa: E731
@@ -59,6 +63,16 @@ def refresh_window(
     )
 
 
+def _upsert_window(context, table, since, builds, staging, warehouse) -> dg.MaterializeResult:
+    """Streaming: the named builds' rows in or out of the window; the hourly refresh redoes the rest."""
+    first_day = datetime.fromtimestamp(since, tz=timezone.utc).date().isoformat()
+    files = [staging.rows_file(d) for d in staging.row_days() if d >= first_day]
+    upserted = warehouse.upsert_paths(table, files, builds, since)
+    context.log.info(f"build_{table}: {upserted} of {len(builds)} streamed builds are in the window")
+    return dg.MaterializeResult(metadata={"streamed_builds": len(builds), "upserted": upserted,
+                                          "table": warehouse.describe(table)})
+
+
 def make_window_assets(build_rows: dg.AssetsDefinition):
     @dg.asset(
         group_name=WAREHOUSE_GROUP,
@@ -71,7 +85,7 @@ def make_window_assets(build_rows: dg.AssetsDefinition):
     def build_week(
         context: dg.AssetExecutionContext, config: WindowConfig, staging: StagingStore, warehouse: Warehouse
     ) -> dg.MaterializeResult:
-        return refresh_window(context, "week", 7, config.as_of, staging, warehouse)
+        return refresh_window(context, "week", 7, config, staging, warehouse)
 
     @dg.asset(
         group_name=WAREHOUSE_GROUP,
@@ -84,6 +98,6 @@ def make_window_assets(build_rows: dg.AssetsDefinition):
     def build_day(
         context: dg.AssetExecutionContext, config: WindowConfig, staging: StagingStore, warehouse: Warehouse
     ) -> dg.MaterializeResult:
-        return refresh_window(context, "day", 1, config.as_of, staging, warehouse)
+        return refresh_window(context, "day", 1, config, staging, warehouse)
 
     return build_week, build_day

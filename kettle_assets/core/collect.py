@@ -83,16 +83,7 @@ def fetch_build(store: ArtifactReader, cand: Candidate, now: float) -> BuildMeta
         meta.state = FINISHED
         meta.finished_json = finished_raw.decode("utf-8", errors="replace") if finished is not None else None
         meta.finished_hash = hashlib.md5(finished_raw).hexdigest()
-        finished_at = epoch_seconds((finished or {}).get("timestamp"))
-        if finished_at is None:
-            info = store.stat(f"{path}/finished.json")
-            finished_at = info.updated if info and info.updated is not None else now
-            meta.problems.append(f"{path}/finished.json: no usable timestamp; filed by the object's update time")
-        try:
-            meta.day = utc_day(finished_at)
-        except (OverflowError, OSError, ValueError):
-            meta.day = utc_day(now)
-            meta.problems.append(f"{path}/finished.json: timestamp {finished_at!r} out of range; filed today")
+        meta.day = _finished_day(store, path, finished, now, meta.problems)
         return meta
     if started_raw is None:
         meta.state = ABSENT
@@ -103,6 +94,29 @@ def fetch_build(store: ArtifactReader, cand: Candidate, now: float) -> BuildMeta
         started_at = info.updated if info and info.updated is not None else now
     meta.state = GIVEN_UP if now - started_at > GIVE_UP_AFTER else UNFINISHED
     return meta
+
+
+def _finished_day(store: ArtifactReader, path: str, finished: dict | None, now: float, problems: list[str]) -> str:
+    """The UTC day a build finished: its timestamp, else the object's update time."""
+    finished_at = epoch_seconds((finished or {}).get("timestamp"))
+    if finished_at is None:
+        info = store.stat(f"{path}/finished.json")
+        finished_at = info.updated if info and info.updated is not None else now
+        problems.append(f"{path}/finished.json: no usable timestamp; filed by the object's update time")
+    try:
+        return utc_day(finished_at)
+    except (OverflowError, OSError, ValueError):
+        problems.append(f"{path}/finished.json: timestamp {finished_at!r} out of range; filed today")
+        return utc_day(now)
+
+
+def finished_day(store: ArtifactReader, path: str, now: float) -> str | None:
+    """The day partition a streamed build belongs to, or None when finished.json cannot be read."""
+    meta = BuildMeta(listed_as=path, job="", path=path)
+    finished, raw = _read_json(store, f"{path}/finished.json", meta)
+    if raw is None:
+        return None
+    return _finished_day(store, path, finished, now, meta.problems)
 
 
 @dataclass

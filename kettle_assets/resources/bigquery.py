@@ -60,13 +60,19 @@ def _ts(epoch: int | None) -> str | None:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def load_lines(files: list[Path], since_epoch: int | None = None) -> Iterator[bytes]:
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def load_lines(files: list[Path], since_epoch: int | None = None, paths: set[str] | None = None) -> Iterator[bytes]:
     """Staged rows as BigQuery NDJSON: absent values left out, TIMESTAMPs as UTC strings
     (accepted by BigQuery and by emulators that refuse epoch numbers)."""
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
             for rec in batch.to_pylist():
                 if since_epoch is not None and (rec["finished"] is None or rec["finished"] < since_epoch):
+                    continue
+                if paths is not None and rec["path"] not in paths:
                     continue
                 row = {k: v for k, v in rec.items() if v is not None}
                 row["test"] = [{k: v for k, v in t.items() if v is not None} for t in rec["test"] or []]
@@ -168,6 +174,23 @@ class BigQueryWarehouse(Warehouse):
         with self.bigquery.get_client() as client:
             self.ensure_tables(client)
             return self._load(client, load_lines(rows_files, since_epoch), self._table(table))
+
+    def upsert_paths(self, table: str, rows_files: list[Path], paths: list[str], since_epoch: int | None = None) -> int:
+        with self.bigquery.get_client() as client:
+            self.ensure_tables(client)
+            scratch = self._table(f"_kettle_upsert_{table}_{abs(hash(tuple(sorted(paths)))):x}")
+            files = [f for f in rows_files if f.exists()]
+            loaded = self._load(client, load_lines(files, since_epoch, set(paths)), scratch)
+            listed = ", ".join(_sql_string(p) for p in sorted(paths))
+            script = f"""
+                BEGIN TRANSACTION;
+                DELETE FROM `{self._table(table)}` WHERE path IN ({listed});
+                INSERT INTO `{self._table(table)}` SELECT * FROM `{scratch}`;
+                COMMIT TRANSACTION;
+            """
+            client.query(script, **self._calls()).result(timeout=self.job_timeout_seconds, retry=self._retry())
+            client.delete_table(scratch, not_found_ok=True, **self._calls())
+            return loaded
 
     def count(self, table: str, where: str = "TRUE") -> int:
         with self.bigquery.get_client() as client:

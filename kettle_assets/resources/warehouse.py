@@ -47,6 +47,11 @@ class Warehouse(dg.ConfigurableResource):
     def replace_window(self, table: str, rows_files: list[Path], since_epoch: int, ndjson_file: Path | None = None) -> int:
         raise NotImplementedError
 
+    def upsert_paths(self, table: str, rows_files: list[Path], paths: list[str], since_epoch: int | None = None) -> int:
+        """Replace just these builds' rows in `table` (the streaming path): delete every row of
+        `paths`, insert those of them staged in `rows_files` (finished at or after `since_epoch`)."""
+        raise NotImplementedError
+
     def count(self, table: str, where: str = "TRUE") -> int:
         raise NotImplementedError
 
@@ -103,6 +108,27 @@ class DuckDBWarehouse(Warehouse):
                 conn.execute("ROLLBACK")
                 raise
         return int(count)
+
+    def upsert_paths(self, table: str, rows_files: list[Path], paths: list[str], since_epoch: int | None = None) -> int:
+        assert table in TABLES, table
+        rows_files = [f for f in rows_files if f.exists()]
+        self.ensure_tables()
+        where = "list_contains($paths, path)" + (f" AND finished >= {int(since_epoch)}" if since_epoch is not None else "")
+        with self.duckdb.get_connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                conn.execute(f'DELETE FROM "{table}" WHERE list_contains($paths, path)', {"paths": paths})
+                inserted = 0
+                if rows_files:
+                    conn.execute(f'INSERT INTO "{table}" {_select_rows(rows_files, where)}', {"paths": paths})
+                    inserted = conn.execute(
+                        f'SELECT count(*) FROM "{table}" WHERE list_contains($paths, path)', {"paths": paths}
+                    ).fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return int(inserted)
 
     def count(self, table: str, where: str = "TRUE") -> int:
         self.ensure_tables()

@@ -144,3 +144,51 @@ def bq_emulator(project: str = "test-project"):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+PUBSUB_EMULATOR = Path("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+
+
+def find_pubsub_emulator() -> Path | None:
+    if PUBSUB_EMULATOR.exists():
+        return PUBSUB_EMULATOR
+    try:
+        out = subprocess.run(["dpkg", "-L", "google-cloud-cli-pubsub-emulator"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    hits = [line for line in out.splitlines() if line.endswith("bin/cloud-pubsub-emulator")]
+    return Path(hits[0]) if hits else None
+
+
+@contextlib.contextmanager
+def pubsub_emulator():
+    """Google's Pub/Sub emulator on a free port; yields host:port (for PUBSUB_EMULATOR_HOST)."""
+    binary = find_pubsub_emulator()
+    if binary is None:
+        raise RuntimeError("the Pub/Sub emulator (Debian package google-cloud-cli-pubsub-emulator) is not installed")
+    port = free_port()
+    data_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"pubsub-{port}"
+    log = open(os.devnull, "wb")
+    proc = subprocess.Popen(
+        [str(binary), "--host=127.0.0.1", f"--port={port}", f"--data-dir={data_dir}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"pubsub emulator exited with {proc.returncode}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("pubsub emulator did not start")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()
