@@ -23,6 +23,7 @@ from dagster_duckdb import DuckDBResource
 
 from .automation import collect_bucket_job, make_automation, refresh_windows_job, stage_and_publish_job, stream_job
 from .assets.collection import make_collection_assets
+from .assets.checks import make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
 from .assets.windows import make_window_assets
@@ -137,12 +138,17 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     return [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
 
 
+def build_checks() -> list[dg.AssetChecksDefinition]:
+    return make_contract_checks()
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     assets = build_assets(settings)
     buckets = load_buckets(settings.buckets_file)
     schedules, sensors = make_automation(buckets.keys, day_partitions(settings.start_date))
     return dg.Definitions(
         assets=assets,
+        asset_checks=build_checks(),
         resources=build_resources(settings),
         jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job],
         schedules=schedules,

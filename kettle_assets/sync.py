@@ -15,7 +15,7 @@ from typing import Callable
 import dagster as dg
 
 from .automation import COLLECT_SELECTION, DAILY_SELECTION, WINDOW_SELECTION, contiguous_ranges, range_tags
-from .project import Settings, build_assets, build_resources
+from .project import Settings, build_assets, build_checks, build_resources
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -65,7 +65,7 @@ def run_sync(
 ) -> SyncSummary:
     t0 = time.monotonic()
     summary = SyncSummary()
-    assets = build_assets(settings)
+    assets = [*build_assets(settings), *build_checks()]
     resources = build_resources(settings)
     instance = instance or get_instance(settings)
     buckets = resources["settings"].buckets

@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
+from kettle_assets.assets.checks import make_contract_checks
 from kettle_assets.automation import DAILY_SELECTION, range_tags
 from kettle_assets.project import build_assets, build_resources
 
@@ -185,3 +187,23 @@ def test_changed_finished_json_updates_the_row(own_kettle):
     assert own_kettle.query('SELECT result, epoch(finished) FROM "all" WHERE path = ?', path) == [("ABORTED", new_ts)]
     assert path not in {r["path"] for r in own_kettle.export_rows(f"all/{old_day}.json.gz")}
     assert path in {r["path"] for r in own_kettle.export_rows(f"all/{new_day}.json.gz")}
+
+
+def test_contract_checks_pass_then_fail_visibly(own_kettle):
+    own_kettle.sync()
+    for asset in ("build_all", "build_week", "build_day"):
+        key = dg.AssetCheckKey(dg.AssetKey(asset), "one_row_per_path")
+        record = own_kettle.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+        assert record.status.value == "SUCCEEDED", asset
+    # a duplicated row is caught
+    with duckdb.connect(str(own_kettle.home / "warehouse.duckdb")) as conn:
+        conn.execute('INSERT INTO "week" SELECT * FROM "week" LIMIT 1')
+    result = dg.materialize(
+        [*build_assets(own_kettle.settings), *make_contract_checks()],
+        selection=dg.AssetSelection.checks_for_assets("build_week"),
+        resources=build_resources(own_kettle.settings), instance=own_kettle.instance,
+    )
+    evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {
+        "schema_matches_contract": True, "one_row_per_path": False, "tests_failed_within_tests_run": True
+    }

@@ -200,6 +200,26 @@ class BigQueryWarehouse(Warehouse):
             )
             return int(next(iter(rows))[0])
 
+    def contract_findings(self, table: str) -> dict:
+        with self.bigquery.get_client() as client:
+            self.ensure_tables(client)
+            actual = client.get_table(self._table(table), **self._calls()).schema
+            expected = self._schema()
+
+            def shape(fields):
+                return [(f.name, f.field_type, f.mode, shape(f.fields)) for f in fields]
+
+            diffs = [f"expected {e}, found {a}" for e, a in zip(shape(expected), shape(actual)) if e != a]
+            if len(expected) != len(actual):
+                diffs.append(f"expected {len(expected)} columns, found {len(actual)}")
+            result = client.query(
+                f"SELECT count(*) AS n, count(*) - count(DISTINCT path) AS d, "
+                f"COUNTIF(tests_failed > tests_run) AS o FROM `{self._table(table)}`",
+                **self._calls(),
+            ).result(timeout=self.job_timeout_seconds, retry=self._retry())
+            n, d, o = next(iter(result))
+        return {"schema_differences": diffs, "rows": int(n), "duplicate_rows": int(d), "failed_over_run": int(o)}
+
     def rows(self, table: str) -> list[dict]:
         """Every row of a table as plain dicts (for tests and spot checks; not for big tables)."""
         with self.bigquery.get_client() as client:

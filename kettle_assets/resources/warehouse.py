@@ -55,6 +55,10 @@ class Warehouse(dg.ConfigurableResource):
     def count(self, table: str, where: str = "TRUE") -> int:
         raise NotImplementedError
 
+    def contract_findings(self, table: str) -> dict:
+        """What the contract checks look at: schema differences, duplicate paths, tests_failed > tests_run."""
+        raise NotImplementedError
+
     def describe(self, table: str) -> str:
         raise NotImplementedError
 
@@ -129,6 +133,26 @@ class DuckDBWarehouse(Warehouse):
                 conn.execute("ROLLBACK")
                 raise
         return int(inserted)
+
+    def contract_findings(self, table: str) -> dict:
+        self.ensure_tables()
+        with self.duckdb.get_connection() as conn:
+            actual = conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table],
+            ).fetchall()
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE kettle_expected ({duckdb_columns()})")
+            expected = conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'kettle_expected' "
+                "ORDER BY ordinal_position"
+            ).fetchall()
+            rows, dupes, over = conn.execute(
+                f'SELECT count(*), count(*) - count(DISTINCT path), count(*) FILTER (WHERE tests_failed > tests_run) FROM "{table}"'
+            ).fetchone()
+        diffs = [f"expected {e}, found {a}" for e, a in zip(expected, actual) if e != a]
+        if len(expected) != len(actual):
+            diffs.append(f"expected {len(expected)} columns, found {len(actual)}")
+        return {"schema_differences": diffs, "rows": int(rows), "duplicate_rows": int(dupes), "failed_over_run": int(over)}
 
     def count(self, table: str, where: str = "TRUE") -> int:
         self.ensure_tables()
