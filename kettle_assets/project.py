@@ -9,6 +9,7 @@ KETTLE_START_DATE   first day partition (default 2014-01-01)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
+KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store (the benchmark uses it)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Settings:
     bq_endpoint: str | None = None
     bq_deadline: float = 180.0
     pubsub_subscription: str | None = None
+    warehouse: str | None = None  # override: duckdb or bigquery (default: the env's)
     max_row_bytes: int = 100 * 1024 * 1024
 
     @classmethod
@@ -75,6 +77,7 @@ class Settings:
             bq_endpoint=os.environ.get("KETTLE_BQ_ENDPOINT") or None,
             bq_deadline=float(os.environ.get("KETTLE_BQ_DEADLINE", "180")),
             pubsub_subscription=os.environ.get("KETTLE_PUBSUB_SUBSCRIPTION") or None,
+            warehouse=os.environ.get("KETTLE_WAREHOUSE") or None,
             max_row_bytes=int(os.environ.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024))),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -117,6 +120,8 @@ def build_resources(settings: Settings) -> dict:
             request_timeout_seconds=min(60.0, settings.bq_deadline),
         )
         notifications = PubSubNotificationSource(subscription=settings.pubsub_subscription or "")
+    if settings.warehouse == "duckdb":  # e.g. GCS artifacts into a local warehouse (the benchmark)
+        warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(home / "warehouse.duckdb")))
     return {
         "artifacts": artifacts,
         "staging": StagingStore(home=str(home)),
