@@ -89,6 +89,12 @@ class Settings:
         return cls(**values)
 
 
+def duckdb_warehouse(home: Path) -> DuckDBWarehouse:
+    # Bounded memory and threads: DuckDB would otherwise take 80% of RAM for nested inserts.
+    config = {"memory_limit": "256MB", "threads": 1, "preserve_insertion_order": False}
+    return DuckDBWarehouse(duckdb=DuckDBResource(database=str(home / "warehouse.duckdb"), connection_config=config))
+
+
 def build_resources(settings: Settings) -> dict:
     """The one switch between the embedded default and production (KETTLE_ENV)."""
     home = Path(settings.home).resolve()
@@ -96,7 +102,7 @@ def build_resources(settings: Settings) -> dict:
         if settings.storage_root is None:
             raise ValueError("KETTLE_ENV=local needs KETTLE_STORAGE_ROOT (run `kettle sample DIR` for one)")
         artifacts = LocalArtifactStore(root=str(Path(settings.storage_root).resolve()))
-        warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(home / "warehouse.duckdb")))
+        warehouse = duckdb_warehouse(home)
         notifications = LocalFolderNotificationSource(
             root=str(Path(settings.storage_root).resolve()), state_file=str(home / "stream" / "local_watch.json")
         )
@@ -121,7 +127,7 @@ def build_resources(settings: Settings) -> dict:
         )
         notifications = PubSubNotificationSource(subscription=settings.pubsub_subscription or "")
     if settings.warehouse == "duckdb":  # e.g. GCS artifacts into a local warehouse (the benchmark)
-        warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(home / "warehouse.duckdb")))
+        warehouse = duckdb_warehouse(home)
     return {
         "artifacts": artifacts,
         "staging": StagingStore(home=str(home)),

@@ -15,14 +15,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..core import collect
-from ..core.rows import RowProblems, build_row, trim_row
+from ..core.rows import RowProblems, build_row, row_json, trim_row
 from ..resources.artifacts import ArtifactStore
 from ..resources.settings import KettleSettings
-from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore, iter_rows
+from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore
 from ..resources.warehouse import Warehouse
 from .collection import collect_named_builds
 from .common import STAGING_GROUP, WAREHOUSE_GROUP, md_table
 
+ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
 MALFORMED_SHARE_LIMIT = 0.05  # more malformed JUnit files than this fails the check
 # Kettle's monitor.py failed when a table had not changed for 6 hours.
 STALE_AFTER_6_HOURS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=6), warn_window=timedelta(hours=2))
@@ -30,6 +31,18 @@ STALE_AFTER_6_HOURS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours
 
 class StreamConfig(dg.Config):
     builds: list[str] = []  # streaming runs: exactly these build folders; empty: the whole day
+
+
+class RowsConfig(StreamConfig):
+    rebuild: bool = False  # rebuild every row of the day, not only those whose inputs changed
+
+
+# Bump when build_row's output changes: every staged row is then rebuilt on its day's next run.
+ROW_LOGIC_VERSION = "1"
+
+
+def _row_version(finished_hash: str | None) -> str | None:
+    return None if finished_hash is None else f"{ROW_LOGIC_VERSION}:{finished_hash}"
 
 
 def _replace_paths(existing: pa.Table, paths: set[str], new: pa.Table) -> pa.Table:
@@ -83,7 +96,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 stale = {r["path"] for r in keys if wanted.get(r["path"], object()) != r["finished_hash"]}
                 done = {r["path"] for r in keys} - stale
                 todo = sorted(p for p in wanted if p not in done and (not only or p in only))
-                fetched = []
+                fetched, chunks, n_fetched = [], [], 0
                 for result in pool.map(
                     lambda p: collect.fetch_junit(artifacts, p, wanted[p], settings.max_junit_file_bytes), todo
                 ):
@@ -99,16 +112,21 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                             "too_large": result.too_large,
                         }
                     )
-                if fetched or stale or not staging.junit_file(day).exists():
-                    new = pa.Table.from_pylist(fetched, schema=JUNIT_SCHEMA)
+                    n_fetched += 1
+                    if len(fetched) >= ARROW_CHUNK:  # Python dicts of tests are large: keep them few
+                        chunks.append(pa.Table.from_pylist(fetched, schema=JUNIT_SCHEMA))
+                        fetched = []
+                chunks.append(pa.Table.from_pylist(fetched, schema=JUNIT_SCHEMA))
+                if n_fetched or stale or not staging.junit_file(day).exists():
+                    new = pa.concat_tables(chunks)
                     staging.write_junit(day, _replace_paths(have, stale | set(todo), new))
                 staging.record_junit_read(day, read_at)
                 totals["builds"] += len(wanted)
-                totals["fetched"] += len(fetched)
+                totals["fetched"] += n_fetched
                 totals["dropped"] += len(stale - set(wanted))
-                per_day.append({"day": day, "builds": len(wanted), "fetched": len(fetched)})
+                per_day.append({"day": day, "builds": len(wanted), "fetched": n_fetched})
                 context.log.info(
-                    f"junit_results {day}: {len(wanted)} builds, {len(fetched)} fetched, {len(done)} already staged"
+                    f"junit_results {day}: {len(wanted)} builds, {n_fetched} fetched, {len(done)} already staged"
                 )
         elapsed = time.monotonic() - t0
         share = totals["files"] and totals["malformed"] / totals["files"]
@@ -142,7 +160,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         description="One contract row per build finished that day (Kettle's make_json), as staging Parquet.",
     )
     def build_rows(
-        context: dg.AssetExecutionContext, config: StreamConfig, staging: StagingStore, settings: KettleSettings
+        context: dg.AssetExecutionContext, config: RowsConfig, staging: StagingStore, settings: KettleSettings
     ) -> dg.MaterializeResult:
         buckets = settings.buckets
         only = set(config.builds)
@@ -152,49 +170,49 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         per_day: list[dict] = []
         for day in context.partition_keys:
             metadata = staging.read_metadata(day)
-            if only:
-                metadata = metadata.filter(pc.is_in(metadata.column("path"), pa.array(sorted(only))))
-            junit = staging.read_junit(day).select(["path", "finished_hash", "tests"])
-            if only:
-                junit = junit.filter(pc.is_in(junit.column("path"), pa.array(sorted(only))))
-            staged = {r["path"]: r for r in junit.to_pylist()}
-            rows = []
-            for meta in metadata.to_pylist():
-                path = meta["path"]
-                tests = staged.get(path)
-                if tests is None or tests["finished_hash"] != meta["finished_hash"]:
-                    # Its JUnit results are not staged yet (collected after junit_results ran):
-                    # no row rather than a row without tests; the next run of this day adds it.
-                    totals["waiting_for_junit"] += 1
-                    context.log.info(f"build_rows {day}: {path} waits for junit_results")
-                    continue
-                owner = buckets.owner_of(path) or buckets.by_key(meta["bucket"])
-                problems = RowProblems()
-                row = build_row(
-                    path, owner.prefix, _loads(meta["started_json"]), _loads(meta["finished_json"]),
-                    [[{k: v for k, v in t.items() if v is not None} for t in tests["tests"]]], problems,
-                )
-                trimmed = trim_row(row, settings.max_row_bytes)
-                if trimmed:
-                    totals["rows_trimmed"] += 1
-                    trims.append({"path": path, "trim": trimmed})
-                    context.log.warning(f"build_rows {path}: over BigQuery's row limit; {trimmed}")
-                for note in problems.notes:
-                    context.log.warning(f"build_rows {path}: {note}")
-                totals["problems"] += len(problems.notes)
-                rows.append(row)
-            rows.sort(key=lambda r: r["path"])
-            table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-            if only:  # keep the day's other rows; these builds' rows replaced (or removed)
-                table = _replace_paths(staging.read_rows(day), only, table)
+            wanted = dict(zip(metadata.column("path").to_pylist(), metadata.column("finished_hash").to_pylist()))
+            existing = staging.read_rows(day, ["path", "_finished_hash"])
+            current = {
+                p for p, h in zip(existing.column("path").to_pylist(), existing.column("_finished_hash").to_pylist())
+                if h == _row_version(wanted.get(p)) and not config.rebuild
+            }
+            todo = sorted(p for p in wanted if p not in current and (not only or p in only))
+            removed = set(existing.column("path").to_pylist()) - set(wanted)
+            if not todo and not removed and staging.rows_file(day).exists():
+                per_day.append({"day": day, "rows": 0, "bytes": 0})
+                context.log.info(f"build_rows {day}: {len(current)} rows current, nothing to rebuild")
+                continue
+            metadata = metadata.filter(pc.is_in(metadata.column("path"), pa.array(todo, pa.string())))
+            junit_all = staging.read_junit(day).select(["path", "finished_hash", "tests"])
+            chunks, built = [], 0
+            for first in range(0, metadata.num_rows, ARROW_CHUNK):
+                meta_chunk = metadata.slice(first, ARROW_CHUNK)
+                chunk_paths = meta_chunk.column("path")
+                junit = junit_all.filter(pc.is_in(junit_all.column("path"), chunk_paths.combine_chunks()))
+                staged = {r["path"]: r for r in junit.to_pylist()}
+                rows = []
+                for meta in meta_chunk.to_pylist():
+                    row = _row_for(context, day, meta, staged.get(meta["path"]), buckets, settings, totals, trims)
+                    if row is not None:
+                        rows.append(row)
+                built += len(rows)
+                totals["tests"] += sum(r["tests_run"] for r in rows)
+                totals["tests_failed"] += sum(r["tests_failed"] for r in rows)
+                preview.extend(rows[: max(0, 10 - len(preview))])
+                chunks.append(pa.Table.from_pylist(rows, schema=ROW_SCHEMA))
+            del junit_all
+            new = pa.concat_tables(chunks) if chunks else ROW_SCHEMA.empty_table()
+            kept = set(existing.column("path").to_pylist()) - set(todo) - removed
+            # a day rebuilt whole (a cold sync, a rebuild) need not read its old rows at all
+            table = _replace_paths(staging.read_rows(day), set(todo) | removed, new) if kept else new.sort_by("path")
             size = staging.write_rows(day, table)
-            totals["rows"] += len(rows)
-            totals["tests"] += sum(r["tests_run"] for r in rows)
-            totals["tests_failed"] += sum(r["tests_failed"] for r in rows)
+            totals["rows"] += built
             totals["bytes"] += size
-            preview.extend(rows[: max(0, 10 - len(preview))])
-            per_day.append({"day": day, "rows": len(rows), "bytes": size})
-            context.log.info(f"build_rows {day}: {len(rows)} rows, {sum(r['tests_run'] for r in rows)} tests")
+            per_day.append({"day": day, "rows": built, "bytes": size})
+            context.log.info(
+                f"build_rows {day}: {built} rows built, {len(current)} current, {len(removed)} removed; "
+                f"{table.num_rows} rows staged"
+            )
         return dg.MaterializeResult(
             metadata={
                 **totals,
@@ -203,6 +221,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "rows", "bytes"])),
                 "trimmed_rows": dg.MetadataValue.md(md_table(trims[:20], ["path", "trim"])),
                 "preview": dg.MetadataValue.md(md_table(preview, ["path", "job", "result", "tests_run", "tests_failed"])),
+                "rows_built": totals["rows"],
             }
         )
 
@@ -233,7 +252,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 skipped.append(day)
                 context.log.warning(f"build_all {day}: no staged rows (never staged, or pruned); table left as is")
                 continue
-            export, count, size = staging.write_ndjson(f"all/{day}.json.gz", iter_rows([staging.read_rows(day)]))
+            export, count, size = staging.write_export(f"all/{day}.json.gz", staging.row_batches(day))
             if config.builds:
                 n = warehouse.upsert_paths("all", [rows_file], config.builds)
             else:
@@ -256,6 +275,33 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         )
 
     return junit_results, build_rows, build_all
+
+
+def _row_for(context, day, meta, tests, buckets, settings, totals, trims) -> dict | None:
+    """One staged build to its contract row (with its make_json line), or None while its
+    JUnit results are not staged yet: no row rather than a row without tests."""
+    path = meta["path"]
+    if tests is None or tests["finished_hash"] != meta["finished_hash"]:
+        totals["waiting_for_junit"] += 1
+        context.log.info(f"build_rows {day}: {path} waits for junit_results")
+        return None
+    owner = buckets.owner_of(path) or buckets.by_key(meta["bucket"])
+    problems = RowProblems()
+    row = build_row(
+        path, owner.prefix, _loads(meta["started_json"]), _loads(meta["finished_json"]),
+        [[{k: v for k, v in t.items() if v is not None} for t in tests["tests"]]], problems,
+    )
+    trimmed = trim_row(row, settings.max_row_bytes)
+    if trimmed:
+        totals["rows_trimmed"] += 1
+        trims.append({"path": path, "trim": trimmed})
+        context.log.warning(f"build_rows {path}: over BigQuery's row limit; {trimmed}")
+    for note in problems.notes:
+        context.log.warning(f"build_rows {path}: {note}")
+    totals["problems"] += len(problems.notes)
+    row["_json"] = row_json(row)
+    row["_finished_hash"] = _row_version(meta["finished_hash"])
+    return row
 
 
 def _loads(text: str | None) -> dict | None:

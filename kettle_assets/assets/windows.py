@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from ..resources.staging import StagingStore, iter_rows
+from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
 from .common import WAREHOUSE_GROUP
 
@@ -44,10 +44,8 @@ def refresh_window(
         return _upsert_window(context, table, since, config.builds, staging, warehouse)
     staged = set(staging.row_days())
     files = [staging.rows_file(d) for d in window_days(since, now) if d in staged]
-    in_window = lambda r: r["finished"] is not None and r["finished"] >= since  # noqa: E731
-    export, exported, size = staging.write_ndjson(
-        f"build_{table}.json.gz", iter_rows((staging.read_rows(f.stem) for f in files), keep=in_window)
-    )
+    batches = (b for f in files for b in staging.row_batches(f.stem, since))
+    export, exported, size = staging.write_export(f"build_{table}.json.gz", batches)
     count = warehouse.replace_window(table, files, since, export)
     since_text = datetime.fromtimestamp(since, tz=timezone.utc).isoformat()
     context.log.info(f"build_{table}: {count} builds finished since {since_text}; export {export} ({exported} rows)")

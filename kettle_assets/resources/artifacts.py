@@ -42,13 +42,10 @@ class LocalArtifactStore(ArtifactStore):
     """A folder whose top-level folders are buckets: gs://b/x is <root>/b/x."""
 
     root: str = Field(description="Folder standing for gs://; its sub-folders are buckets.")
-    _root: Path = PrivateAttr()
-
-    def setup_for_execution(self, context) -> None:  # noqa: ARG002
-        self._root = Path(self.root).resolve()
+    _root: Optional[Path] = PrivateAttr(default=None)
 
     def _local(self, url: str) -> Path:
-        if not hasattr(self, "_root") or self._root is None:
+        if self._root is None:
             self._root = Path(self.root).resolve()
         if not url.startswith("gs://"):
             raise ValueError(f"not a gs:// URL: {url!r}")
@@ -57,9 +54,6 @@ class LocalArtifactStore(ArtifactStore):
         if any(p in (".", "..") for p in parts):
             raise ValueError(f"dot segments in {url!r}")
         return self._root.joinpath(*parts)
-
-    def _url(self, path: Path) -> str:
-        return "gs://" + path.relative_to(self._root).as_posix()
 
     def list_dirs(self, prefix: str) -> list[str]:
         folder = self._local(prefix)

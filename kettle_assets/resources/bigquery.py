@@ -23,6 +23,7 @@ from dagster_gcp import BigQueryResource
 from pydantic import Field, PrivateAttr
 
 from ..core.schema import bigquery_schema
+from .staging import CONTRACT_COLUMNS
 from .warehouse import Warehouse
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -68,7 +69,7 @@ def load_lines(files: list[Path], since_epoch: int | None = None, paths: set[str
     """Staged rows as BigQuery NDJSON: absent values left out, TIMESTAMPs as UTC strings
     (accepted by BigQuery and by emulators that refuse epoch numbers)."""
     for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=512):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=512, columns=CONTRACT_COLUMNS):
             for rec in batch.to_pylist():
                 if since_epoch is not None and (rec["finished"] is None or rec["finished"] < since_epoch):
                     continue

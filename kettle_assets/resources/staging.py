@@ -22,10 +22,17 @@ from typing import Iterable, Iterator
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from ..core.rows import row_json
+
+# Arrow's default allocator (mimalloc) keeps freed memory per thread; jemalloc hands it back,
+# which keeps a sync's peak memory close to the one day it works on.
+try:
+    pa.set_memory_pool(pa.jemalloc_memory_pool())
+except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
+    pa.set_memory_pool(pa.system_memory_pool())
 
 KNOWN_SCHEMA = pa.schema(
     [
@@ -83,15 +90,14 @@ ROW_SCHEMA = pa.schema(
         ("test", pa.list_(TEST_TYPE)),
         ("tests_run", pa.int64()),
         ("tests_failed", pa.int64()),
+        # not part of the contract: the exact make_json line (exports are these lines, never
+        # re-serialised) and the finished.json the row was built from (rows are rebuilt only
+        # when it or the JUnit results change)
+        ("_json", pa.string()),
+        ("_finished_hash", pa.string()),
     ]
 )
-
-
-def row_from_arrow(record: dict) -> dict:
-    """A staged row back to Kettle's dict: absent values left out again."""
-    row = {k: v for k, v in record.items() if v is not None}
-    row["test"] = [{k: v for k, v in t.items() if v is not None} for t in record["test"] or []]
-    return row
+CONTRACT_COLUMNS = [f.name for f in ROW_SCHEMA if not f.name.startswith("_")]
 
 
 class StagingStore(dg.ConfigurableResource):
@@ -125,12 +131,12 @@ class StagingStore(dg.ConfigurableResource):
 
     # --- generic ---------------------------------------------------------------
     @staticmethod
-    def _write(table: pa.Table, path: Path) -> int:
+    def _write(table: pa.Table, path: Path, row_group_size: int | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
         os.close(fd)
         try:
-            pq.write_table(table, tmp, compression="zstd")
+            pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -184,13 +190,14 @@ class StagingStore(dg.ConfigurableResource):
         return self._read(self.junit_file(day), JUNIT_SCHEMA)
 
     def write_junit(self, day: str, table: pa.Table) -> int:
-        return self._write(table.cast(JUNIT_SCHEMA), self.junit_file(day))
+        return self._write(table.cast(JUNIT_SCHEMA), self.junit_file(day), row_group_size=256)
 
-    def read_rows(self, day: str) -> pa.Table:
-        return self._read(self.rows_file(day), ROW_SCHEMA)
+    def read_rows(self, day: str, columns: list[str] | None = None) -> pa.Table:
+        return self._read(self.rows_file(day), ROW_SCHEMA, columns)
 
     def write_rows(self, day: str, table: pa.Table) -> int:
-        return self._write(table.cast(ROW_SCHEMA), self.rows_file(day))
+        # small row groups: readers (exports, DuckDB, BigQuery load files) stream them with little memory
+        return self._write(table.cast(ROW_SCHEMA), self.rows_file(day), row_group_size=256)
 
     def row_days(self) -> list[str]:
         base = self.root / "rows"
@@ -242,18 +249,31 @@ class StagingStore(dg.ConfigurableResource):
             return 0.0
 
     # --- exports ---------------------------------------------------------------
-    def write_ndjson(self, relpath: str, rows: Iterable[dict]) -> tuple[Path, int, int]:
-        """Kettle's make_json output, gzipped, written atomically; (path, rows, bytes)."""
+    def row_batches(self, day: str, since_epoch: int | None = None) -> Iterator[pa.RecordBatch]:
+        """A day's staged rows (`finished`, `_json`) in small batches, optionally only those
+        finished at or after `since_epoch`: exports never hold a whole day in memory."""
+        path = self.rows_file(day)
+        if not path.exists():
+            return
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["finished", "_json"]):
+            if since_epoch is not None:
+                batch = batch.filter(pc.fill_null(pc.greater_equal(batch.column(0), since_epoch), False))
+            yield batch
+
+    def write_export(self, relpath: str, batches: Iterable[pa.RecordBatch]) -> tuple[Path, int, int]:
+        """Kettle's make_json output (the rows' stored `_json` lines), gzipped, written atomically;
+        returns (path, rows, bytes)."""
         path = self.export_dir / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json.gz")
         count = 0
         try:
-            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-                for row in rows:
-                    gz.write(row_json(row).encode("ascii"))
-                    gz.write(b"\n")
-                    count += 1
+            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=5) as gz:
+                for batch in batches:
+                    for line in batch.column("_json").to_pylist():
+                        gz.write(line.encode("ascii"))
+                        gz.write(b"\n")
+                        count += 1
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -274,12 +294,3 @@ class StagingStore(dg.ConfigurableResource):
                 shutil.rmtree(d)
                 dropped.append(f"metadata/{d.name}")
         return dropped
-
-
-def iter_rows(tables: Iterable[pa.Table], keep=None) -> Iterator[dict]:
-    """Kettle rows from staged tables, batch by batch to bound memory."""
-    for table in tables:
-        for batch in table.to_batches(max_chunksize=512):
-            for record in batch.to_pylist():
-                if keep is None or keep(record):
-                    yield row_from_arrow(record)

@@ -17,6 +17,7 @@ from pydantic import Field
 from ..core.schema import duckdb_columns
 
 TABLES = ("all", "week", "day")
+WINDOWS = ("week", "day")
 
 
 def _sql_str(value: str) -> str:
@@ -73,8 +74,13 @@ class DuckDBWarehouse(Warehouse):
 
     def ensure_tables(self) -> None:
         with self.duckdb.get_connection() as conn:
-            for table in TABLES:
-                conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({duckdb_columns()})')
+            conn.execute(f'CREATE TABLE IF NOT EXISTS "all" ({duckdb_columns()})')
+            for window in WINDOWS:
+                exists = conn.execute(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [window]
+                ).fetchone()[0]
+                if not exists:
+                    conn.execute(f'CREATE VIEW "{window}" AS SELECT * FROM "all" WHERE FALSE')
 
     def replace_day(self, day: str, rows_file: Path, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
         """Make `all` hold exactly the staged rows of `day`; returns the rows loaded."""
@@ -97,26 +103,23 @@ class DuckDBWarehouse(Warehouse):
         return int(loaded)
 
     def replace_window(self, table: str, rows_files: list[Path], since_epoch: int, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
-        """Replace `table` with the staged rows finished at or after `since_epoch`."""
-        assert table in ("week", "day"), table
+        """`week`/`day` are views of `all` with the window's start frozen at the refresh: the
+        same rows a copied table would hold, without copying (DuckDB would hold the copy in memory)."""
+        assert table in WINDOWS, table
         self.ensure_tables()
         with self.duckdb.get_connection() as conn:
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                conn.execute(f'DELETE FROM "{table}"')
-                if rows_files:
-                    conn.execute(f'INSERT INTO "{table}" {_select_rows(rows_files, f"finished >= {int(since_epoch)}")}')
-                count = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return int(count)
+            conn.execute(
+                f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM "all" '
+                f"WHERE finished >= make_timestamp({int(since_epoch)}::BIGINT * 1000000)"
+            )
+            return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
 
     def upsert_paths(self, table: str, rows_files: list[Path], paths: list[str], since_epoch: int | None = None) -> int:
         assert table in TABLES, table
-        rows_files = [f for f in rows_files if f.exists()]
         self.ensure_tables()
+        if table in WINDOWS:  # views of `all`: already current once `all` is
+            return self.count(table, "list_contains($paths, path)", {"paths": paths})
+        rows_files = [f for f in rows_files if f.exists()]
         where = "list_contains($paths, path)" + (f" AND finished >= {int(since_epoch)}" if since_epoch is not None else "")
         with self.duckdb.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
@@ -154,7 +157,7 @@ class DuckDBWarehouse(Warehouse):
             diffs.append(f"expected {len(expected)} columns, found {len(actual)}")
         return {"schema_differences": diffs, "rows": int(rows), "duplicate_rows": int(dupes), "failed_over_run": int(over)}
 
-    def count(self, table: str, where: str = "TRUE") -> int:
+    def count(self, table: str, where: str = "TRUE", params: dict | None = None) -> int:
         self.ensure_tables()
         with self.duckdb.get_connection() as conn:
-            return int(conn.execute(f'SELECT count(*) FROM "{table}" WHERE {where}').fetchone()[0])
+            return int(conn.execute(f'SELECT count(*) FROM "{table}" WHERE {where}', params or {}).fetchone()[0])
