@@ -13,6 +13,7 @@ file atomically, so a crashed run leaves the previous version, never half.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
@@ -259,6 +260,31 @@ class StagingStore(dg.ConfigurableResource):
             if since_epoch is not None:
                 batch = batch.filter(pc.fill_null(pc.greater_equal(batch.column(0), since_epoch), False))
             yield batch
+
+    def rows_fingerprint(self, days: list[str], since_epoch: int) -> str:
+        """Which rows (and which versions of them) days hold from `since_epoch` on: equal
+        fingerprints mean an export of them would come out the same."""
+        digest = hashlib.sha1(str(ROW_SCHEMA).encode())
+        for day in days:
+            path = self.rows_file(day)
+            if not path.exists():
+                continue
+            t = pq.read_table(path, columns=["path", "finished", "_finished_hash"])
+            t = t.filter(pc.fill_null(pc.greater_equal(t.column("finished"), since_epoch), False))
+            for p, h in zip(t.column("path").to_pylist(), t.column("_finished_hash").to_pylist()):
+                digest.update(f"{p}\0{h}\n".encode())
+        return digest.hexdigest()
+
+    def read_marker(self, name: str) -> str | None:
+        try:
+            return (self.root / "markers" / name).read_text()
+        except OSError:
+            return None
+
+    def write_marker(self, name: str, value: str) -> None:
+        path = self.root / "markers" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value)
 
     def write_export(self, relpath: str, batches: Iterable[pa.RecordBatch]) -> tuple[Path, int, int]:
         """Kettle's make_json output (the rows' stored `_json` lines), gzipped, written atomically;
