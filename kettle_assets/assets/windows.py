@@ -85,31 +85,31 @@ def _upsert_window(context, table, since, builds, staging, warehouse) -> dg.Mate
                                           "table": warehouse.describe(table)})
 
 
+WINDOWS = {"week": (7, "the 7 days"), "day": (1, "the day")}
+
+
+def _window_asset(build_rows: dg.AssetsDefinition, table: str) -> dg.AssetsDefinition:
+    days, span = WINDOWS[table]
+
+    @dg.asset(
+        name=f"build_{table}",
+        group_name=WAREHOUSE_GROUP,
+        deps=[build_rows],
+        kinds={"duckdb", "bigquery"},
+        pool="warehouse",
+        code_version="1",
+        description=(
+            f"Warehouse table `{table}`: every build finished in {span} before the refresh; "
+            f"export build_{table}.json.gz."
+        ),
+    )
+    def window(
+        context: dg.AssetExecutionContext, config: WindowConfig, staging: StagingStore, warehouse: Warehouse
+    ) -> dg.MaterializeResult:
+        return refresh_window(context, table, days, config, staging, warehouse)
+
+    return window
+
+
 def make_window_assets(build_rows: dg.AssetsDefinition):
-    @dg.asset(
-        group_name=WAREHOUSE_GROUP,
-        deps=[build_rows],
-        kinds={"duckdb", "bigquery"},
-        pool="warehouse",
-        code_version="1",
-        description="Warehouse table `week`: every build finished in the 7 days before the refresh; export build_week.json.gz.",
-    )
-    def build_week(
-        context: dg.AssetExecutionContext, config: WindowConfig, staging: StagingStore, warehouse: Warehouse
-    ) -> dg.MaterializeResult:
-        return refresh_window(context, "week", 7, config, staging, warehouse)
-
-    @dg.asset(
-        group_name=WAREHOUSE_GROUP,
-        deps=[build_rows],
-        kinds={"duckdb", "bigquery"},
-        pool="warehouse",
-        code_version="1",
-        description="Warehouse table `day`: every build finished in the day before the refresh; export build_day.json.gz.",
-    )
-    def build_day(
-        context: dg.AssetExecutionContext, config: WindowConfig, staging: StagingStore, warehouse: Warehouse
-    ) -> dg.MaterializeResult:
-        return refresh_window(context, "day", 1, config, staging, warehouse)
-
-    return build_week, build_day
+    return _window_asset(build_rows, "week"), _window_asset(build_rows, "day")
