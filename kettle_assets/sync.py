@@ -7,12 +7,14 @@ days (assets loop over the range), one run for the windows. Never a run per buil
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import dagster as dg
+from dagster._core.instance.ref import InstanceRef
 
 from .automation import COLLECT_SELECTION, DAILY_SELECTION, WINDOW_SELECTION, contiguous_ranges, range_tags
 from .project import Settings, build_assets, build_checks, build_resources
@@ -38,12 +40,8 @@ class SyncSummary:
 
 def get_instance(settings: Settings) -> dg.DagsterInstance:
     """DAGSTER_HOME's instance when set (so `dagster dev` shows these runs), else one under KETTLE_HOME."""
-    import os
-
     if os.environ.get("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
-    from dagster._core.instance.ref import InstanceRef
-
     base = Path(settings.home).resolve() / "dagster"
     base.mkdir(parents=True, exist_ok=True)
     return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(base)))
