@@ -11,6 +11,7 @@ Writes bench/results.md. Options: --builds N (1x size, default 20000), --scales 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -25,7 +26,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from tree import BUCKETS_YAML, add_new_builds, write_tree  # noqa: E402
+from tree import BUCKETS_YAML, add_new_builds, junit_pool, write_tree  # noqa: E402
 
 NOW = 1_795_000_000  # a fixed "now" (2026-11-19) so every run sees the same windows
 
@@ -139,6 +140,7 @@ def main() -> int:
     for scale in scales:
         tree, home = out / f"tree-{scale}x", out / f"home-{scale}x"
         shutil.rmtree(tree, ignore_errors=True)
+        shutil.rmtree(junit_pool(tree), ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
         print(f"[{scale}x] writing {args.builds * scale} builds ...", flush=True)
@@ -159,7 +161,8 @@ def main() -> int:
         print(f"[{scale}x] no-op {noop['wall']:.1f}s", flush=True)
         results[scale] = dict(shape=shape, cold=cold, cold_stats=cold_stats, new=new, new_stats=new_stats,
                               added=added, noop=noop, noop_stats=noop_stats)
-    ratio = junit_to_rows_ratio(out / f"tree-{scales[0]}x" / ".junit-pool")
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # kept if a later step fails
+    ratio = junit_to_rows_ratio(junit_pool(out / f"tree-{scales[0]}x"))
     print(f"JUnit to rows: {ratio['ratio']:.2f}x the ElementTree reference", flush=True)
     gcs = None
     if not args.no_gcs:

@@ -58,13 +58,18 @@ def _write(path: Path, data: bytes | str) -> None:
     path.write_bytes(data if isinstance(data, bytes) else data.encode())
 
 
+def junit_pool(root: Path) -> Path:
+    """Distinct JUnit files, beside the tree (same file system, for hard links), not in it."""
+    return Path(root).parent / f"{Path(root).name}.junit-pool"
+
+
 class TreeWriter:
     """Writes builds; keeps a pool of JUnit files to hard-link from."""
 
     def __init__(self, root: Path, seed: int = 11, pool_size: int = 24):
         self.root = Path(root)
         self.rng = random.Random(seed)
-        pool = self.root / ".junit-pool"
+        pool = junit_pool(self.root)
         self.e2e, self.unit = [], []
         for i in range(pool_size):
             e2e, unit = pool / f"e2e-{i}.xml", pool / f"unit-{i}.xml"

@@ -78,7 +78,7 @@ def upload_tree(endpoint: str, tree: Path, threads: int = 16) -> int:
     os.environ["STORAGE_EMULATOR_HOST"] = endpoint
     try:
         client = storage.Client(project="test-project", credentials=AnonymousCredentials())
-        files = [p for p in tree.rglob("*") if p.is_file()]
+        files = [p for p in tree.rglob("*") if p.is_file() and not p.relative_to(tree).parts[0].startswith(".")]
         for bucket in {p.relative_to(tree).parts[0] for p in files}:
             client.create_bucket(bucket)
 
