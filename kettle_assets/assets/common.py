@@ -1,6 +1,8 @@
 """Partitions, group names and metadata helpers shared by the assets."""
 
 
+from datetime import timedelta
+
 import dagster as dg
 
 from ..core.config import BucketSet
@@ -8,6 +10,9 @@ from ..core.config import BucketSet
 BUCKET_GROUP = "collect"
 STAGING_GROUP = "stage"
 WAREHOUSE_GROUP = "warehouse"
+
+# Kettle's monitor.py failed when a table had not changed for 6 hours.
+STALE_AFTER_6_HOURS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=6), warn_window=timedelta(hours=2))
 
 
 def bucket_partitions(buckets: BucketSet) -> dg.StaticPartitionsDefinition:

@@ -7,7 +7,6 @@ and publish exactly those, so a notification costs a few builds' work, not a day
 
 import json
 import time
-from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -21,12 +20,10 @@ from ..resources.settings import KettleSettings
 from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore
 from ..resources.warehouse import Warehouse
 from .collection import collect_named_builds
-from .common import STAGING_GROUP, WAREHOUSE_GROUP, md_table
+from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, md_table
 
 ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
 MALFORMED_SHARE_LIMIT = 0.05  # more malformed JUnit files than this fails the check
-# Kettle's monitor.py failed when a table had not changed for 6 hours.
-STALE_AFTER_6_HOURS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=6), warn_window=timedelta(hours=2))
 
 
 class StreamConfig(dg.Config):

@@ -14,7 +14,7 @@ import dagster as dg
 
 from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
-from .common import WAREHOUSE_GROUP
+from .common import STALE_AFTER_6_HOURS, WAREHOUSE_GROUP
 
 DAY_SECONDS = 86400
 
@@ -98,6 +98,7 @@ def _window_asset(build_rows: dg.AssetsDefinition, table: str) -> dg.AssetsDefin
         kinds={"duckdb", "bigquery"},
         pool="warehouse",
         code_version="1",
+        freshness_policy=STALE_AFTER_6_HOURS,
         description=(
             f"Warehouse table `{table}`: every build finished in {span} before the refresh; "
             f"export build_{table}.json.gz."
