@@ -9,6 +9,7 @@ KETTLE_START_DATE   first day partition (default 2014-01-01)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
+KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
 KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store (the benchmark uses it)
 """
 
@@ -59,6 +60,7 @@ class Settings:
     bq_deadline: float = 180.0
     pubsub_subscription: str | None = None
     warehouse: str | None = None  # override: duckdb or bigquery (default: the env's)
+    retention_days: int = 0  # staging days older than this are pruned after a sync; 0 keeps all
     max_row_bytes: int = 100 * 1024 * 1024
 
     @classmethod
@@ -78,6 +80,7 @@ class Settings:
             bq_deadline=float(os.environ.get("KETTLE_BQ_DEADLINE", "180")),
             pubsub_subscription=os.environ.get("KETTLE_PUBSUB_SUBSCRIPTION") or None,
             warehouse=os.environ.get("KETTLE_WAREHOUSE") or None,
+            retention_days=int(os.environ.get("KETTLE_STAGING_RETENTION_DAYS", "0")),
             max_row_bytes=int(os.environ.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024))),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,7 @@ class SyncSummary:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runs: int = 0
+    pruned: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -130,5 +132,10 @@ def run_sync(
     )
     for table in ("week", "day"):
         summary.windows[table] = _metadata(result, f"build_{table}").get("dagster/row_count", 0)
+    if settings.retention_days > 0:
+        cutoff = datetime.fromtimestamp(as_of if as_of is not None else time.time(), tz=timezone.utc).date()
+        cutoff -= timedelta(days=settings.retention_days)
+        summary.pruned = resources["staging"].prune_before(cutoff.isoformat())
+        echo(f"[retention] {len(summary.pruned)} staging files before {cutoff} pruned")
     summary.seconds = time.monotonic() - t0
     return summary

@@ -207,3 +207,19 @@ def test_contract_checks_pass_then_fail_visibly(own_kettle):
     assert evaluations == {
         "schema_matches_contract": True, "one_row_per_path": False, "tests_failed_within_tests_run": True
     }
+
+
+def test_staging_retention_prunes_old_days_without_losing_rows(own_kettle):
+    import dataclasses
+
+    own_kettle.settings = dataclasses.replace(own_kettle.settings, retention_days=3)
+    first = own_kettle.sync()
+    cutoff = time.strftime("%Y-%m-%d", time.gmtime(SAMPLE_NOW - 3 * 86400))
+    staging = own_kettle.home / "staging"
+    assert first.pruned and all(p.split("/")[-1].split(".")[0] < cutoff for p in first.pruned)
+    assert all(f.stem >= cutoff for f in (staging / "rows").glob("*.parquet"))
+    before = own_kettle.query('SELECT count(*) FROM "all"')[0][0]
+    assert before == len(finished_paths_in(own_kettle.tree))  # the warehouse keeps pruned days
+    again = own_kettle.sync()
+    assert again.days == [] and all(m["new_finished"] == 0 for m in again.buckets.values())
+    assert own_kettle.query('SELECT count(*) FROM "all"')[0][0] == before

@@ -307,16 +307,21 @@ class StagingStore(dg.ConfigurableResource):
         return path, count, path.stat().st_size
 
     def prune_before(self, day: str) -> list[str]:
-        """Retention: drop per-day staging older than `day` (the known index stays)."""
+        """Retention: drop per-day staging older than `day`, except days not yet published.
+        The known index stays, so pruned builds are never fetched again; the warehouse keeps
+        their rows (build_all leaves a day without staged rows as it is)."""
+        keep = set(self.dirty_days())
         dropped = []
         for kind in ("junit", "rows"):
-            for f in (self.root / kind).glob("*.parquet") if (self.root / kind).exists() else []:
-                if f.stem < day:
+            folder = self.root / kind
+            for f in sorted(folder.glob("*")) if folder.exists() else []:
+                stem = f.name.split(".")[0]
+                if stem < day and stem not in keep:
                     f.unlink()
                     dropped.append(f"{kind}/{f.name}")
         meta = self.root / "metadata"
-        for d in meta.iterdir() if meta.exists() else []:
-            if d.name < day:
+        for d in sorted(meta.iterdir()) if meta.exists() else []:
+            if d.name < day and d.name not in keep:
                 shutil.rmtree(d)
                 dropped.append(f"metadata/{d.name}")
         return dropped
