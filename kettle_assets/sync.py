@@ -18,6 +18,7 @@ import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 
 from .automation import COLLECT_SELECTION, DAILY_SELECTION, WINDOW_SELECTION, contiguous_ranges, range_tags
+from .launcher import RUN_PID_TAG
 from .project import Settings, build_assets, build_checks, build_resources
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -73,6 +74,7 @@ def run_sync(
 
     def materialize(selection, what: str, **kwargs) -> dg.ExecuteInProcessResult:
         summary.runs += 1
+        kwargs["tags"] = {**kwargs.get("tags", {}), RUN_PID_TAG: str(os.getpid())}  # see launcher.py
         result = dg.materialize(
             assets, selection=selection, resources=resources, instance=instance, raise_on_error=False, **kwargs
         )
