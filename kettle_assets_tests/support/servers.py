@@ -17,7 +17,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BQEMU_VENV = REPO / ".venv-bqemu"
-BQEMU_PACKAGES = ["bqemulator==1.4.0", "google-cloud-bigquery", "numpy", "duckdb==1.5.6"]
 
 
 def free_port() -> int:
@@ -96,15 +95,23 @@ def upload_tree(endpoint: str, tree: Path, threads: int = 16) -> int:
             os.environ["STORAGE_EMULATOR_HOST"] = old
 
 
-def ensure_bqemulator_venv() -> Path:
-    """bqemulator needs its own DuckDB version, so it lives in its own virtualenv."""
+def bqemulator_python() -> Path | None:
+    """bqemulator's interpreter: it needs its own DuckDB version, so `.ci/test-deps.sh` puts it
+    in its own virtualenv. None when that step has not been run."""
     python = BQEMU_VENV / "bin" / "python"
-    if python.exists():
-        probe = subprocess.run([str(python), "-c", "import bqemulator, google.cloud.bigquery"], capture_output=True)
-        if probe.returncode == 0:
-            return python
-    subprocess.run([sys.executable, "-m", "venv", str(BQEMU_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *BQEMU_PACKAGES], check=True)
+    if not python.exists():
+        return None
+    probe = subprocess.run([str(python), "-c", "import bqemulator, google.cloud.bigquery"], capture_output=True)
+    return python if probe.returncode == 0 else None
+
+
+def require_bqemulator() -> Path:
+    """bqemulator's interpreter, or skip the calling test saying how to get it."""
+    import pytest
+
+    python = bqemulator_python()
+    if python is None:
+        pytest.skip("bqemulator is not installed in .venv-bqemu: run .ci/test-deps.sh (the README's test command does)")
     return python
 
 
@@ -126,7 +133,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 @contextlib.contextmanager
 def bq_emulator(project: str = "test-project"):
     """bqemulator (DuckDB-backed BigQuery API) in a subprocess; yields its REST endpoint."""
-    python = ensure_bqemulator_venv()
+    python = require_bqemulator()
     rest, grpc = free_port(), free_port()
     launcher = Path(__file__).with_name("bqemu_launcher.py")
     log = open(os.devnull, "wb")
