@@ -69,3 +69,18 @@ def own_kettle(sample_tree, tmp_path) -> Kettle:
     tree = tmp_path / "tree"
     shutil.copytree(sample_tree, tree)
     return Kettle(tree, tmp_path / "home")
+
+
+# Test tiers (`pytest -m unit` runs in well under a minute):
+#   unit     pure logic and single Dagster runs on hand-made data
+#   e2e      whole syncs of the sample through Dagster in process
+#   servers  real API servers or daemons (GCS, BigQuery, Pub/Sub emulators, dagster-daemon)
+#   ui       `dagster dev` and a headless browser
+SYNC_FIXTURES = {"synced", "own_kettle", "sample_tree"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("servers") or item.get_closest_marker("ui"):
+            continue
+        item.add_marker(pytest.mark.e2e if SYNC_FIXTURES & set(item.fixturenames) else pytest.mark.unit)

@@ -15,6 +15,8 @@ from .conftest import BUCKETS, SAMPLE_NOW, Kettle
 from .support.fault_proxy import BlackHole, FaultProxy
 from .support.servers import bq_emulator, free_port, gcs_emulator, upload_tree
 
+pytestmark = pytest.mark.servers
+
 
 @pytest.fixture(scope="module")
 def servers(sample_tree):

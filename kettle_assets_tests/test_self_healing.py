@@ -17,10 +17,9 @@ from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 from kettle_assets.launcher import LocalRunLauncher, process_started_at
 
 from .conftest import BUCKETS, REPO
-from .support.servers import find_pubsub_emulator, pubsub_emulator
+from .support.servers import needs_pubsub, pubsub_emulator
 from .test_stream import add_build, make_subscription, notify
 
-needs_pubsub = pytest.mark.skipif(find_pubsub_emulator() is None, reason="Pub/Sub emulator not installed")
 
 
 def repo_instance_config() -> dict:

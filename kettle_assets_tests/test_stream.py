@@ -18,7 +18,7 @@ from kettle_assets.project import Settings, build_definitions, build_resources
 from kettle_assets.resources.notifications import LocalFolderNotificationSource
 
 from .conftest import BUCKETS, REPO, Kettle
-from .support.servers import find_pubsub_emulator, pubsub_emulator
+from .support.servers import needs_pubsub, pubsub_emulator
 
 PROJECT = "test-project"
 BUCKET_SET = parse_buckets(
@@ -72,7 +72,6 @@ def test_local_folder_source_has_pubsub_semantics(tmp_path):
 
 # --- with Google's Pub/Sub emulator ---------------------------------------------------------
 
-needs_pubsub = pytest.mark.skipif(find_pubsub_emulator() is None, reason="Pub/Sub emulator not installed")
 
 
 def _clients(host):

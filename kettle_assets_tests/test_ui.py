@@ -15,6 +15,8 @@ import pytest
 from .conftest import BUCKETS, REPO
 from .support.servers import free_port
 
+pytestmark = pytest.mark.ui
+
 ASSETS = {"build_listing", "build_metadata", "junit_results", "build_rows", "build_all", "build_week", "build_day"}
 
 

@@ -199,3 +199,11 @@ def pubsub_emulator():
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
         log.close()
+
+
+def needs_pubsub(test):
+    """Marks a test that starts Google's Pub/Sub emulator: tier `servers`, skipped where it is absent."""
+    import pytest
+
+    skip = pytest.mark.skipif(find_pubsub_emulator() is None, reason="Pub/Sub emulator not installed")
+    return pytest.mark.servers(skip(test))
