@@ -15,7 +15,7 @@ from ..core.listing import Candidate, ListingStats, list_candidates
 from ..resources.artifacts import ArtifactStore
 from ..resources.staging import KNOWN_SCHEMA, METADATA_SCHEMA, StagingStore
 from ..resources.settings import KettleSettings
-from .common import BUCKET_GROUP, md_table
+from .common import BUCKET_GROUP, md_table, report_refused
 
 FETCH_CHUNK = 5000  # builds fetched and merged into staging at a time
 
@@ -47,7 +47,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
         key = context.partition_key
         bucket = _bucket(settings, key)
         started = time.monotonic()
-        retries_before = artifacts.retries
+        retries_before, refused_before = artifacts.retries, artifacts.refused
         known = staging.read_known(bucket.slug)
         known_keys = set(known.column("listed_as").to_pylist())
         stats = ListingStats()
@@ -79,6 +79,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
                 "candidates": len(records),
                 "bad_paths": stats.bad_paths,
                 "artifact_retries": artifacts.retries - retries_before,
+                "artifacts_refused": report_refused(context, artifacts, refused_before, f"build_listing {key}"),
                 "bytes": dg.MetadataValue.int(size),
                 "seconds": round(elapsed, 2),
                 "preview": dg.MetadataValue.md(md_table(records[:10], ["job", "listed_as"])),
@@ -106,7 +107,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
         candidates = [Candidate(r["listed_as"], r["job"], r["path"]) for r in listing]
         now = config.as_of if config.as_of is not None else time.time()
         t0 = time.monotonic()
-        retries_before = artifacts.retries
+        retries_before, refused_before = artifacts.retries, artifacts.refused
         states: Counter = Counter()
         problems: list[str] = []
         merged = MergeCounts()
@@ -149,6 +150,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
                 "excluded": states["excluded"],
                 "bad_paths": states[collect.BAD_PATH],
                 "artifact_retries": artifacts.retries - retries_before,
+                "artifacts_refused": report_refused(context, artifacts, refused_before, f"build_metadata {key}"),
                 "problems": len(problems),
                 "known_builds": len(known_by_path),
                 "affected_days": dg.MetadataValue.json(affected),

@@ -35,3 +35,12 @@ def md_table(rows: list[dict], cols: list[str]) -> str:
         for r in rows
     )
     return head + body
+
+
+def report_refused(context, artifacts, before: int, stage: str) -> int:
+    """One log line for the objects a stage's store refused since `before`; returns how many."""
+    paths = artifacts.refused_paths[before:]
+    if paths:
+        shown = ", ".join(paths[:5]) + (" …" if len(paths) > 5 else "")
+        context.log.warning(f"{stage}: {len(paths)} symlinks refused (nothing outside the artifact root is read): {shown}")
+    return len(paths)

@@ -20,7 +20,7 @@ from ..resources.settings import KettleSettings
 from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore
 from ..resources.warehouse import Warehouse
 from .collection import collect_named_builds
-from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, md_table
+from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, md_table, report_refused
 
 ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
 MALFORMED_SHARE_LIMIT = 0.05  # more malformed JUnit files than this fails the check
@@ -73,7 +73,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         totals = dict(builds=0, fetched=0, dropped=0, files=0, bytes=0, malformed=0, too_large=0, tests=0, bad_times=0)
         per_day: list[dict] = []
         t0 = time.monotonic()
-        retries_before = artifacts.retries
+        retries_before, refused_before = artifacts.retries, artifacts.refused
         only = set(config.builds)
         if only:
             merged = collect_named_builds(artifacts, staging, settings, config.builds, time.time(), context.log)
@@ -132,6 +132,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v for k, v in totals.items()},
                 "malformed_share": round(share, 4),
                 "artifact_retries": artifacts.retries - retries_before,
+                "artifacts_refused": report_refused(context, artifacts, refused_before, "junit_results"),
                 "seconds": round(elapsed, 2),
                 "partitions_in_run": len(per_day),
                 "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "builds", "fetched"])),

@@ -1,0 +1,94 @@
+"""Hostile input and settings: nothing outside the artifact root is read, regex and XML work is
+bounded, and bad settings end `kettle` with exit code 2 and one line, never a traceback."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from kettle_assets.core.config import BucketConfigError, load_buckets, parse_buckets
+from kettle_assets.core.junit import parse_junit
+from kettle_assets.resources.artifacts import LocalArtifactStore
+
+from .conftest import BUCKETS, REPO, SAMPLE_NOW
+
+KETTLE = str(Path(sys.executable).with_name("kettle"))
+SECRET = "TOPSECRET-7f3a9c-never-in-a-log"
+
+
+# --- nothing outside the root is read -------------------------------------------------------------
+
+
+def _plant_symlinks(tree: Path, outside: Path) -> None:
+    """Symlinks out of the root at every level a listing or a read can meet."""
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text(SECRET)
+    (outside / "secret.json").write_text(json.dumps({"timestamp": SAMPLE_NOW - 3600, "result": SECRET}))
+    (outside / "secret.xml").write_text(f'<testsuite><testcase name="{SECRET}"/></testsuite>')
+    build = outside / "build"
+    (build / "artifacts").mkdir(parents=True)
+    (build / "started.json").write_text(json.dumps({"timestamp": SAMPLE_NOW - 7200, "node": SECRET}))
+    (build / "finished.json").write_text(json.dumps({"timestamp": SAMPLE_NOW - 3600, "result": SECRET}))
+    (build / "artifacts/junit_01.xml").write_text(f'<testsuite><testcase name="{SECRET}"/></testsuite>')
+
+    os.symlink(outside, tree / "kubernetes-jenkins/logs/ci-evil-job")  # a job folder
+    logs = next((tree / "canonical-kubernetes-tests/logs").iterdir())  # a bucket listed folder by folder
+    os.symlink(build, logs / "990")  # a build folder
+    own = logs / "991"
+    (own / "artifacts").mkdir(parents=True)
+    os.symlink(outside / "secret.json", own / "started.json")  # started and finished files
+    os.symlink(outside / "secret.json", own / "finished.json")
+    real = logs / "992"  # a real build whose JUnit file is a symlink
+    (real / "artifacts").mkdir(parents=True)
+    (real / "started.json").write_text(json.dumps({"timestamp": SAMPLE_NOW - 7200}))
+    (real / "finished.json").write_text(json.dumps({"timestamp": SAMPLE_NOW - 3600, "result": "SUCCESS"}))
+    (real / "artifacts/junit_01.xml").write_text('<testsuite><testcase name="kept"/></testsuite>')
+    os.symlink(outside / "secret.xml", real / "artifacts/junit_02.xml")
+    os.symlink(outside / "build/artifacts", real / "artifacts/nested")
+    directory = tree / "kubernetes-jenkins/pr-logs/directory/pull-kubernetes-e2e-gce"
+    os.symlink(secret, directory / "9999.txt")  # a PR directory entry
+
+
+def _everything_written(home: Path, instance: dg.DagsterInstance) -> bytes:
+    blobs = [p.read_bytes() for p in home.rglob("*") if p.is_file()]
+    for run in instance.get_runs():
+        for event in instance.all_logs(run.run_id):
+            blobs.append(repr(event).encode())
+    return b"\n".join(blobs)
+
+
+def test_symlinks_out_of_the_root_are_refused_counted_and_never_read(own_kettle, tmp_path):
+    _plant_symlinks(own_kettle.tree, tmp_path / "outside")
+    own_kettle.sync()
+    written = _everything_written(own_kettle.home, own_kettle.instance)
+    assert SECRET.encode() not in written
+    refused = {}
+    for asset in ("build_listing", "build_metadata", "junit_results"):
+        records = own_kettle.instance.fetch_materializations(dg.AssetKey(asset), limit=100).records
+        refused[asset] = sum(r.asset_materialization.metadata["artifacts_refused"].value for r in records)
+    assert refused["build_listing"] >= 3 and refused["build_metadata"] >= 2 and refused["junit_results"] >= 2, refused
+    # the real build beside the symlinks still lands, with its own JUnit file only
+    rows = own_kettle.query("SELECT tests_run FROM \"all\" WHERE path LIKE 'gs://canonical-kubernetes-tests/%/992'")
+    assert rows == [(1,)]
+    assert own_kettle.query(
+        "SELECT count(*) FROM \"all\" WHERE path LIKE '%ci-evil-job%' OR path LIKE '%/990' OR path LIKE '%/991'"
+    ) == [(0,)]
+
+
+def test_the_store_refuses_a_symlink_to_a_file_inside_the_root_too(tmp_path):
+    (tmp_path / "b/job/1").mkdir(parents=True)
+    (tmp_path / "b/job/1/finished.json").write_text("{}")
+    os.symlink(tmp_path / "b/job/1/finished.json", tmp_path / "b/job/1/started.json")
+    store = LocalArtifactStore(root=str(tmp_path))
+    assert store.read("gs://b/job/1/finished.json") == b"{}"
+    assert store.read("gs://b/job/1/started.json") is None
+    assert store.stat("gs://b/job/1/started.json") is None
+    assert [o.path for o in store.list_objects("gs://b/job/1/")] == ["gs://b/job/1/finished.json"]
+    assert store.refused_paths == ["gs://b/job/1/started.json"] * 3
