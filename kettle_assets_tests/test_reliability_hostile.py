@@ -92,3 +92,50 @@ def test_the_store_refuses_a_symlink_to_a_file_inside_the_root_too(tmp_path):
     assert store.stat("gs://b/job/1/started.json") is None
     assert [o.path for o in store.list_objects("gs://b/job/1/")] == ["gs://b/job/1/finished.json"]
     assert store.refused_paths == ["gs://b/job/1/started.json"] * 3
+
+
+# --- buckets.yaml: bounded, strict, one line ------------------------------------------------------
+
+
+def _buckets_file(tmp_path: Path, content: bytes) -> Path:
+    path = tmp_path / "buckets.yaml"
+    path.write_bytes(content)
+    return path
+
+
+def test_a_catastrophic_regex_cannot_hang_a_sync():
+    bucket = parse_buckets({"gs://bkt/logs/": {"prefix": "", "exclude_jobs": ["(a+)+$", "-canary$"]}}).buckets[0]
+    started = time.monotonic()
+    assert not bucket.excludes("a" * 100_000 + "b")  # backtracking engines take longer than the universe
+    assert bucket.excludes("a" * 100_000)
+    assert bucket.excludes("ci-kubernetes-e2e-canary")
+    assert time.monotonic() - started < 30  # generous: linear time is milliseconds
+
+
+def test_a_regex_re2_cannot_run_in_linear_time_is_refused_by_name():
+    with pytest.raises(BucketConfigError) as info:
+        parse_buckets({"gs://bkt/logs/": {"prefix": "", "exclude_jobs": [r"(a)\1"]}})
+    assert r"(a)\\1" in str(info.value) and "RE2" in str(info.value)
+
+
+def test_duplicate_bucket_keys_are_an_error_not_a_silent_drop(tmp_path):
+    path = _buckets_file(tmp_path, b'gs://bkt/logs/:\n  prefix: ""\ngs://bkt/logs/:\n  prefix: "x:"\n')
+    with pytest.raises(BucketConfigError, match="duplicate key 'gs://bkt/logs/'.*line 3"):
+        load_buckets(path)
+
+
+def test_non_utf8_buckets_file_is_named(tmp_path):
+    path = _buckets_file(tmp_path, b'gs://bkt/logs/:\n  prefix: ""\n  contact: "\xff\xfe"\n')
+    with pytest.raises(BucketConfigError, match="not UTF-8"):
+        load_buckets(path)
+
+
+def test_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path):
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 12):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}"] * 9) + "]")
+    path = _buckets_file(tmp_path, ("\n".join(lines) + "\n").encode())
+    with pytest.raises(BucketConfigError) as info:
+        load_buckets(path)
+    message = str(info.value)
+    assert "aliases are not allowed" in message and len(message) < 400 and "\n" not in message

@@ -1,7 +1,10 @@
 """`buckets.yaml`: Kettle's bucket list, validated on load.
 
 A bad file must stop a run before it lists anything, with a message that
-names the entry and the rule it breaks.
+names the entry and the rule it breaks. Loading is bounded: no YAML anchors or
+aliases (an alias bomb expands exponentially), no duplicate keys (YAML would keep
+the last one silently), and `exclude_jobs` runs on RE2, whose matching is linear in
+the job name's length, so no pattern can hang a sync.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import re2
 import yaml
+
+MAX_FILE_BYTES = 1024 * 1024  # a bucket list is a few kilobytes
 
 ALLOWED_KEYS = {"contact", "prefix", "sequential", "exclude_jobs", "pr"}
 
@@ -28,7 +34,7 @@ class Bucket:
     sequential: bool = True
     pr: bool = False
     exclude_jobs: tuple[str, ...] = ()
-    _exclude_res: tuple[re.Pattern, ...] = field(default=(), compare=False, repr=False)
+    _exclude_res: tuple = field(default=(), compare=False, repr=False)  # compiled RE2 patterns
 
     @property
     def key(self) -> str:
@@ -73,6 +79,25 @@ class BucketSet:
         return None
 
 
+def compile_job_regex(pattern: str):
+    """An `exclude_jobs` pattern on RE2 (linear time). Python's syntax mostly carries over; what
+    RE2 cannot do in linear time (backreferences, lookaround) is refused with the reason."""
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        try:
+            re.compile(pattern)
+        except re.error as py_exc:
+            raise ValueError(f"does not compile: {py_exc}") from None
+        raise ValueError(
+            f"is not supported: exclude_jobs run on RE2, which matches in linear time and has no "
+            f"backreferences or lookaround ({reason})"
+        ) from None
+
+
 def _fail(url: str, rule: str) -> BucketConfigError:
     return BucketConfigError(f"buckets.yaml entry {url!r}: {rule}")
 
@@ -113,9 +138,9 @@ def parse_buckets(data: Any) -> BucketSet:
         compiled = []
         for rx in excludes:
             try:
-                compiled.append(re.compile(rx))
-            except re.error as exc:
-                raise _fail(raw_url, f"exclude_jobs regex {rx!r} does not compile: {exc}") from None
+                compiled.append(compile_job_regex(rx))
+            except ValueError as exc:
+                raise _fail(raw_url, f"exclude_jobs regex {rx[:200]!r} {exc}") from None
         url = raw_url if raw_url.endswith("/") else raw_url + "/"
         if any(b.url == url for b in buckets):
             raise _fail(raw_url, "the same URL is listed twice")
@@ -133,16 +158,54 @@ def parse_buckets(data: Any) -> BucketSet:
     return BucketSet(tuple(buckets))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without aliases (no alias bombs) and without duplicate keys."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases are not allowed in buckets.yaml", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {str(key)[:200]!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One short line: the problem and where, never the document itself."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem[:200]}{where}"
+
+
 def load_buckets(path: str | Path) -> BucketSet:
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise BucketConfigError(f"cannot read buckets file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise BucketConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a bucket list")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BucketConfigError(f"{path}: not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise BucketConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise BucketConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     try:
         return parse_buckets(data)
     except BucketConfigError as exc:
