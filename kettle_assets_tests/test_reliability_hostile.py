@@ -139,3 +139,42 @@ def test_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path):
         load_buckets(path)
     message = str(info.value)
     assert "aliases are not allowed" in message and len(message) < 400 and "\n" not in message
+
+
+# --- JUnit: bounded memory, any Unicode encoding -----------------------------------------------
+
+DEEP_JUNIT = """
+import resource, sys
+from kettle_assets.core.junit import parse_junit
+depth = int(sys.argv[1])
+data = b"".join(b'<testsuite name="suite%07d"><testcase name="t"/>' % i for i in range(depth)) + b"</testsuite>" * depth
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out = parse_junit(data)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(len(data), int(out.malformed), grown)
+print(out.error)
+"""
+
+
+def test_deeply_nested_suites_cost_a_small_multiple_of_the_file():
+    """1.6 MB of nested suites once made 2.9 GB of test names (each name carries its suites')."""
+    done = subprocess.run([sys.executable, "-c", DEEP_JUNIT, "50000"], capture_output=True, text=True, timeout=120)
+    size, malformed, grown = map(int, done.stdout.split("\n")[0].split())
+    assert size > 1_500_000
+    assert malformed == 1 and "refused" in done.stdout
+    assert grown < 40 * size, f"{grown / size:.0f}x the file's size"
+
+
+def test_nesting_within_the_budget_still_flattens():
+    data = b'<testsuite name="a"><testsuite name="b"><testcase name="t"/></testsuite></testsuite>'
+    assert parse_junit(data).tests == [{"name": "b t", "time": 0.0}]
+
+
+@pytest.mark.parametrize("codec,bom", [("utf-16-le", "\ufeff"), ("utf-16-be", "\ufeff"), ("utf-32-le", "\ufeff"),
+                                       ("utf-16-le", "")])
+def test_utf16_and_utf32_junit_files_parse(codec, bom):
+    xml = bom + '<?xml version="1.0" encoding="UTF-16"?>\n<testsuite><testcase name="caf\u00e9" time="2">' \
+                '<failure message="m\u00fc">body</failure></testcase></testsuite>'
+    parsed = parse_junit(xml.encode(codec))
+    assert not parsed.malformed, parsed.error
+    assert parsed.tests == [{"name": "caf\u00e9", "time": 2.0, "failed": True, "failure_text": "m\u00fc\nbody"}]

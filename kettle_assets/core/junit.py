@@ -34,6 +34,11 @@ from defusedxml.ElementTree import fromstring as safe_fromstring
 from lxml import etree
 
 UNSPECIFIED = "<unspecified>"
+# Memory per file stays a small multiple of its size: test names (each carries the names of its
+# nested suites) adding up to more than NAME_BUDGET_FACTOR times the file's size make the file
+# malformed, instead of gigabytes of names from a few megabytes of deeply nested suites.
+NAME_BUDGET_FACTOR = 8
+NAME_BUDGET_FLOOR = 1 << 20
 NO_FAILURE_MESSAGE = "No Failure Message Found"
 _JUNIT_NAME = re.compile(r"junit.*\.xml$")
 
@@ -51,19 +56,64 @@ class JUnitFile:
     malformed: bool = False
     error: str | None = None  # why it contributed nothing, for the log
     bad_times: int = 0  # `time` attributes that were not numbers (read as 0.0)
+    name_budget: int = field(default=NAME_BUDGET_FLOOR, compare=False, repr=False)  # name characters still allowed
+
+
+class _TooLarge(Exception):
+    """The file's records would be far larger than the file: refused as malformed."""
+
+
+def _spend(out: JUnitFile, name: str) -> None:
+    out.name_budget -= len(name)
+    if out.name_budget < 0:
+        raise _TooLarge(
+            f"test names add up to over {NAME_BUDGET_FACTOR}x the file's size (deeply nested suites?); refused"
+        )
 
 
 def parse_junit(data: bytes) -> JUnitFile:
     """Parse one file's bytes; never raises for bad input."""
     if not data or not data.strip():
         return JUnitFile(malformed=True, error="empty file")
+    data = utf8_bytes(data)
     try:
         out = _parse_fast(data)
+    except _TooLarge as exc:
+        return JUnitFile(malformed=True, error=str(exc))
     except Exception:  # noqa: BLE001 - anything unexpected: the safe path decides
         out = None
     if out is None:
-        out = _parse_safe(data)
+        try:
+            out = _parse_safe(data)
+        except _TooLarge as exc:
+            return JUnitFile(malformed=True, error=str(exc))
     return out
+
+
+_BOMS = (
+    (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"),
+)
+
+
+def utf8_bytes(data: bytes) -> bytes:
+    """The file as UTF-8 bytes. UTF-16 and UTF-32 files (by their byte order mark, or by the
+    zero bytes of `<?xml` without one) are decoded and their declared encoding rewritten to
+    UTF-8; they cannot be UTF-8, so Kettle lost them whole. Every other file is read as UTF-8
+    with replacement whatever its declaration says, as Kettle stored it (a latin-1 byte becomes
+    U+FFFD): rows stay equal to Kettle's."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return _declare_utf8(data[len(bom):].decode(codec, errors="replace")).encode("utf-8")
+    for head, codec in ((b"\x00\x00\x00<", "utf-32-be"), (b"<\x00\x00\x00", "utf-32-le"),
+                        (b"\x00<", "utf-16-be"), (b"<\x00", "utf-16-le")):
+        if data.startswith(head):
+            return _declare_utf8(data.decode(codec, errors="replace")).encode("utf-8")
+    return data
+
+
+def _declare_utf8(text: str) -> str:
+    return re.sub(r"^(\s*<\?xml[^>]{0,200}?encoding\s*=\s*)([\"'])[^\"']*\2", r"\1\2UTF-8\2", text, count=1)
 
 
 # --- shared rules -------------------------------------------------------------
@@ -91,6 +141,7 @@ def _failure_text(message: str | None, body: str | None) -> str:
 
 def _record(name: str, time_attr: str | None, failure_text: str | None, out: JUnitFile) -> None:
     """Append the record of a testcase that is not skipped (if it makes one)."""
+    _spend(out, name)
     time, ok = _case_time(time_attr)
     if not ok:
         out.bad_times += 1
@@ -220,26 +271,29 @@ def _parse_fast(data: bytes) -> JUnitFile | None:
     if len(parser.error_log):
         return None  # libxml2 recovered from something (a namespace error, a warning)
     tag = root.tag
+    out = JUnitFile(name_budget=max(NAME_BUDGET_FLOOR, NAME_BUDGET_FACTOR * len(data)))
     if tag == "testsuite":
         if _SUITE_HAS_NESTED(root):
-            groups = _by_parent(_SUITE_NESTED(root), root)
+            groups = _by_parent(_SUITE_NESTED(root), root, out)
         else:
             groups = (("", _CASES(root)),)
     elif tag == "testsuites":
         if _SUITES_HAS_NESTED(root):
-            groups = _by_parent(_SUITES_NESTED(root), root)
+            groups = _by_parent(_SUITES_NESTED(root), root, out)
         else:
             groups = ((suite.get("name", UNSPECIFIED) + " ", _CASES(suite))
                       for suite in root.iterchildren(etree.Element))
     else:
         return None  # the safe path words the error
-    out = JUnitFile()
     tests = out.tests
     for prefix, cases in groups:
         for case in cases:
             get = case.get
             name = get("name")
             name = prefix + (UNSPECIFIED if name is None else name)
+            out.name_budget -= len(name)
+            if out.name_budget < 0:
+                _spend(out, "")
             value = get("time")
             if value:
                 try:
@@ -275,19 +329,20 @@ def _only_elements(element) -> bool:
     return all(isinstance(child.tag, str) for child in element)
 
 
-def _by_parent(cases: list, root) -> Iterator[tuple[str, list]]:
+def _by_parent(cases: list, root, out: JUnitFile) -> Iterator[tuple[str, list]]:
     """(prefix, [case]) for cases found through nested suites."""
     prefixes = {root: ""}  # element -> names of the suites down to it, each followed by a space
     for case in cases:
         parent = case.getparent()
         prefix = prefixes.get(parent)
         if prefix is None:
-            prefix = _prefix(parent, prefixes)
+            prefix = _prefix(parent, prefixes, out)
         yield prefix, (case,)
 
 
-def _prefix(element, prefixes: dict) -> str:
-    """Suite names from below the root down to `element`, each followed by a space."""
+def _prefix(element, prefixes: dict, out: JUnitFile) -> str:
+    """Suite names from below the root down to `element`, each followed by a space; every
+    prefix kept is paid for from the name budget."""
     chain = []
     while element not in prefixes:
         chain.append(element)
@@ -295,6 +350,7 @@ def _prefix(element, prefixes: dict) -> str:
     prefix = prefixes[element]
     for element in reversed(chain):
         prefix = prefixes[element] = prefix + element.get("name", UNSPECIFIED) + " "
+        _spend(out, prefix)
     return prefix
 
 
@@ -311,12 +367,12 @@ def _parse_safe(data: bytes) -> JUnitFile:
         return JUnitFile(malformed=True, error=f"refused unsafe XML: {exc!r}")
     except ValueError as exc:  # e.g. an encoding declaration expat cannot honour
         return JUnitFile(malformed=True, error=f"XML error: {exc}")
-    return tests_from_root(root)
+    return tests_from_root(root, name_budget=max(NAME_BUDGET_FLOOR, NAME_BUDGET_FACTOR * len(data)))
 
 
-def tests_from_root(root: Element) -> JUnitFile:
+def tests_from_root(root: Element, name_budget: int = NAME_BUDGET_FLOOR) -> JUnitFile:
     """The records of an ElementTree root (the safe path's walk)."""
-    out = JUnitFile()
+    out = JUnitFile(name_budget=name_budget)
     if root.tag == "testsuite":
         _walk_suites([(root, "")], out)
     elif root.tag == "testsuites":
@@ -329,19 +385,30 @@ def tests_from_root(root: Element) -> JUnitFile:
 
 def _walk_suites(suites: list[tuple[Element, str]], out: JUnitFile) -> None:
     """Direct testcases of each suite and, where they stand, of its nested suites,
-    in document order. A stack instead of recursion: nesting depth is the file's choice."""
-    stack = [(iter(suite), prefix) for suite, prefix in reversed(suites)]
-    while stack:
-        children, prefix = stack[-1]
-        for child in children:
-            tag = child.tag
-            if tag == "testcase":
-                _case(child, prefix + child.get("name", UNSPECIFIED), out)
-            elif tag == "testsuite":
-                stack.append((iter(child), prefix + child.get("name", UNSPECIFIED) + " "))
-                break
-        else:
-            stack.pop()
+    in document order. A stack instead of recursion: nesting depth is the file's choice.
+    The stack holds each level's own name, and a level's full prefix is only joined when a
+    testcase needs it (and paid for from the name budget), so memory stays linear in depth."""
+    for suite, first in suites:
+        stack = [iter(suite)]
+        parts = [first]
+        prefix = None
+        while stack:
+            for child in stack[-1]:
+                tag = child.tag
+                if tag == "testcase":
+                    if prefix is None:
+                        prefix = "".join(parts)
+                        _spend(out, prefix)
+                    _case(child, prefix + child.get("name", UNSPECIFIED), out)
+                elif tag == "testsuite":
+                    stack.append(iter(child))
+                    parts.append(child.get("name", UNSPECIFIED) + " ")
+                    prefix = None
+                    break
+            else:
+                stack.pop()
+                parts.pop()
+                prefix = None
 
 
 def _case(case: Element, name: str, out: JUnitFile) -> None:
