@@ -1,13 +1,21 @@
-"""`kettle`: headless use of the same assets (DESIGN §8)."""
+"""`kettle`: headless use of the same assets as the Dagster UI.
+
+Bad settings, a bad buckets.yaml, a full disk or an unreadable warehouse end a command with
+exit code 2 and one line naming the setting, path or file; never a Python traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 from .core.config import BucketConfigError, load_buckets
+
+MIN_FREE_BYTES = 64 * 1024 * 1024  # a sync writes staging, exports and run history under KETTLE_HOME
 
 
 def _settings(args):
@@ -19,11 +27,54 @@ def _settings(args):
     )
 
 
+def _free_bytes(folder: Path) -> int:
+    """Free space of the file system `folder` is (or will be) on."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return shutil.disk_usage(Path.cwd()).free
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1048576:.1f} MB"
+
+
+def explain_failure(exc: BaseException, home: Path) -> str | None:
+    """One line for the failures a person can fix (full disk, a corrupt warehouse), else None."""
+    text = ""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            where = seen.filename or home
+            return (f"no space left on device writing {where}: {_megabytes(_free_bytes(home))} free under {home}; "
+                    f"free at least {_megabytes(MIN_FREE_BYTES)} there (or point KETTLE_HOME elsewhere) and sync again")
+        text += f" {type(seen).__name__}: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return explain_failure_text(text, home)
+
+
+def explain_failure_text(text: str, home: Path) -> str | None:
+    lowered = text.lower()
+    if "no space left on device" in lowered or "database or disk is full" in lowered or "disk i/o error" in lowered:
+        free = _free_bytes(home)
+        if "disk i/o error" not in lowered or free < MIN_FREE_BYTES:
+            return (f"no space left on device under {home} ({_megabytes(free)} free); free at least "
+                    f"{_megabytes(MIN_FREE_BYTES)} there (or point KETTLE_HOME elsewhere) and sync again")
+    warehouse = home / "warehouse.duckdb"
+    if "duckdb" in lowered and ("not a valid duckdb database" in lowered or "corrupt" in lowered
+                                or "could not read enough bytes" in lowered or "checksum" in lowered):
+        return (f"the warehouse file {warehouse} is not a readable DuckDB database: move it aside, then "
+                f"rebuild `all` from staging with `kettle sync --rebuild-warehouse`")
+    return None
+
+
 def cmd_sync(args) -> int:
-    settings = _settings(args)
+    from .project import SettingError
+
     try:
+        settings = _settings(args)
         load_buckets(settings.buckets_file)
-    except BucketConfigError as exc:
+    except (BucketConfigError, SettingError) as exc:
         print(f"kettle: bad configuration: {exc}", file=sys.stderr)
         return 2
     if settings.env == "local" and settings.storage_root is None:
@@ -39,19 +90,49 @@ def cmd_sync(args) -> int:
     if settings.env == "local" and not Path(settings.storage_root).is_dir():
         print(f"kettle: bad configuration: storage root {settings.storage_root} is not a folder", file=sys.stderr)
         return 2
+    home = Path(settings.home).resolve()
+    free = _free_bytes(home)
+    if free < MIN_FREE_BYTES:
+        print(f"kettle: not enough disk space under {home}: {_megabytes(free)} free, a sync needs at least "
+              f"{_megabytes(MIN_FREE_BYTES)} (KETTLE_HOME)", file=sys.stderr)
+        return 2
+    if settings.env == "local" or settings.warehouse == "duckdb":
+        from .resources.warehouse import CorruptWarehouseError, check_duckdb_file
+
+        try:
+            check_duckdb_file(home / "warehouse.duckdb")
+        except CorruptWarehouseError:
+            print(f"kettle: {explain_failure_text('duckdb: not a valid DuckDB database', home)}", file=sys.stderr)
+            return 2
     if not args.verbose:
         logging.getLogger("dagster").setLevel(logging.WARNING)
     from .sync import run_sync
 
     where = settings.storage_root if settings.env == "local" else "GCS"
     print(f"kettle sync ({settings.env}): buckets {settings.buckets_file}, artifacts {where}, home {settings.home}")
-    summary = run_sync(settings, as_of=args.as_of, recheck_paths=args.recheck)
+    try:
+        summary = run_sync(settings, as_of=args.as_of, recheck_paths=args.recheck, verbose=args.verbose)
+    except Exception as exc:  # noqa: BLE001 - one line for a person, the details with -v
+        explained = explain_failure(exc, home)
+        if explained is not None:
+            print(f"kettle: {explained}", file=sys.stderr)
+            return 2
+        if args.verbose:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"kettle: sync failed: {type(exc).__name__}: {first} (run with -v for the details)", file=sys.stderr)
+        return 1
     print()
     print(f"summary: {len(summary.buckets)} buckets, {len(summary.days)} days published, "
           f"{summary.rows_loaded} rows loaded into all, week={summary.windows.get('week', 0)}, "
           f"day={summary.windows.get('day', 0)}, {summary.runs} Dagster runs in {summary.seconds:.1f}s")
     print(f"exports: {Path(settings.home).resolve() / 'export'}")
     if summary.failures:
+        for failure in summary.failures:
+            explained = explain_failure_text(failure, home)
+            if explained is not None:
+                print(f"kettle: {explained}", file=sys.stderr)
+                return 2
         print("failures:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
         return 1
     return 0

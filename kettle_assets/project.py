@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -65,31 +66,62 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
+        """Settings from KETTLE_* variables (flags in `overrides` win); a bad value raises
+        SettingError naming the variable."""
+        env = os.environ
         values = dict(
-            buckets_file=os.environ.get("KETTLE_BUCKETS", "buckets.yaml"),
-            storage_root=os.environ.get("KETTLE_STORAGE_ROOT") or None,
-            home=os.environ.get("KETTLE_HOME", ".kettle"),
-            start_date=os.environ.get("KETTLE_START_DATE", DEFAULT_START_DATE),
-            fetch_threads=int(os.environ.get("KETTLE_FETCH_THREADS", "16")),
-            gcs_timeout=float(os.environ.get("KETTLE_GCS_TIMEOUT", "30")),
-            gcs_deadline=float(os.environ.get("KETTLE_GCS_DEADLINE", "120")),
-            bq_project=os.environ.get("KETTLE_BQ_PROJECT") or None,
-            bq_dataset=os.environ.get("KETTLE_BQ_DATASET", "build"),
-            bq_location=os.environ.get("KETTLE_BQ_LOCATION") or None,
-            bq_endpoint=os.environ.get("KETTLE_BQ_ENDPOINT") or None,
-            bq_deadline=float(os.environ.get("KETTLE_BQ_DEADLINE", "180")),
-            pubsub_subscription=os.environ.get("KETTLE_PUBSUB_SUBSCRIPTION") or None,
-            warehouse=os.environ.get("KETTLE_WAREHOUSE") or None,
-            retention_days=int(os.environ.get("KETTLE_STAGING_RETENTION_DAYS", "0")),
-            max_row_bytes=int(os.environ.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024))),
+            buckets_file=env.get("KETTLE_BUCKETS", "buckets.yaml"),
+            storage_root=env.get("KETTLE_STORAGE_ROOT") or None,
+            home=env.get("KETTLE_HOME", ".kettle"),
+            start_date=_date_setting("KETTLE_START_DATE", env.get("KETTLE_START_DATE", DEFAULT_START_DATE)),
+            fetch_threads=_number("KETTLE_FETCH_THREADS", env.get("KETTLE_FETCH_THREADS", "16"), int, 1, 512),
+            gcs_timeout=_number("KETTLE_GCS_TIMEOUT", env.get("KETTLE_GCS_TIMEOUT", "30"), float, 0.1, 3600),
+            gcs_deadline=_number("KETTLE_GCS_DEADLINE", env.get("KETTLE_GCS_DEADLINE", "120"), float, 0.1, 86400),
+            bq_project=env.get("KETTLE_BQ_PROJECT") or None,
+            bq_dataset=env.get("KETTLE_BQ_DATASET", "build"),
+            bq_location=env.get("KETTLE_BQ_LOCATION") or None,
+            bq_endpoint=env.get("KETTLE_BQ_ENDPOINT") or None,
+            bq_deadline=_number("KETTLE_BQ_DEADLINE", env.get("KETTLE_BQ_DEADLINE", "180"), float, 0.1, 86400),
+            pubsub_subscription=env.get("KETTLE_PUBSUB_SUBSCRIPTION") or None,
+            warehouse=env.get("KETTLE_WAREHOUSE") or None,
+            retention_days=_number(
+                "KETTLE_STAGING_RETENTION_DAYS", env.get("KETTLE_STAGING_RETENTION_DAYS", "0"), int, 0, 100_000
+            ),
+            max_row_bytes=_number(
+                "KETTLE_MAX_ROW_BYTES", env.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024)), int, 1024, 1 << 40
+            ),
         )
+        if overrides.get("fetch_threads") is not None:
+            overrides["fetch_threads"] = _number("--threads", str(overrides["fetch_threads"]), int, 1, 512)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        values["env"] = overrides.get("env") or os.environ.get("KETTLE_ENV") or (
-            "local" if values["storage_root"] else "gcp"
-        )
+        values["env"] = overrides.get("env") or env.get("KETTLE_ENV") or ("local" if values["storage_root"] else "gcp")
         if values["env"] not in ("local", "gcp"):
-            raise ValueError(f"KETTLE_ENV must be local or gcp, not {values['env']!r}")
+            raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
+        if values["warehouse"] not in (None, "duckdb", "bigquery"):
+            raise SettingError(f"KETTLE_WAREHOUSE must be duckdb or bigquery, not {values['warehouse'][:100]!r}")
         return cls(**values)
+
+
+class SettingError(ValueError):
+    """A setting with a value it cannot have; the message names the setting."""
+
+
+def _number(name: str, raw: str, kind: type, low: float, high: float):
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise SettingError(f"{name} must be {what} from {low:g} to {high:g}, not {raw[:100]!r}") from None
+    if not low <= value <= high:  # also refuses nan
+        raise SettingError(f"{name} must be {what} from {low:g} to {high:g}, not {raw[:100]!r}")
+    return value
+
+
+def _date_setting(name: str, raw: str) -> str:
+    try:
+        return date.fromisoformat(raw.strip()).isoformat()
+    except ValueError:
+        raise SettingError(f"{name} must be a date written YYYY-MM-DD, not {raw[:100]!r}") from None
 
 
 def duckdb_warehouse(home: Path) -> DuckDBWarehouse:

@@ -22,6 +22,8 @@ from .launcher import RUN_PID_TAG
 from .project import Settings, build_assets, build_checks, build_resources
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# `kettle sync` without -v: its own one line per stage on stdout, Dagster's log only in the runs
+LOG_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
@@ -57,14 +59,29 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return {k: getattr(v, "value", v) for k, v in mats[-1].metadata.items()}
 
 
+def first_step_error(result: dg.ExecuteInProcessResult) -> str:
+    """The run's first error (a step's, or a resource's as it started), in one line."""
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None and error.cause is not None and "DagsterExecution" in error.cls_name:
+            error = error.cause
+        if error is not None:
+            lines = (error.message or "").strip().splitlines()
+            where = event.step_key or "run"
+            return f"{where}: {lines[0][:300] if lines else error.cls_name}"
+    return "see the run's logs in Dagster"
+
+
 def run_sync(
     settings: Settings,
     instance: dg.DagsterInstance | None = None,
     as_of: float | None = None,
     recheck_paths: list[str] | None = None,
     echo: Callable[[str], None] = print,
+    verbose: bool = True,
 ) -> SyncSummary:
     t0 = time.monotonic()
+    log_config = LOG_INFO if verbose else LOG_QUIET
     summary = SyncSummary()
     assets = [*build_assets(settings), *build_checks()]
     resources = build_resources(settings)
@@ -79,15 +96,16 @@ def run_sync(
             assets, selection=selection, resources=resources, instance=instance, raise_on_error=False, **kwargs
         )
         if not result.success:
-            summary.failures.append(f"{what}: run {result.run_id} failed")
-            echo(f"  !! {what} failed (run {result.run_id}); see the run's logs in Dagster")
+            reason = first_step_error(result)
+            summary.failures.append(f"{what}: run {result.run_id} failed: {reason}")
+            echo(f"  !! {what} failed (run {result.run_id}): {reason}")
         return result
 
     affected: set[str] = set()
     for i, bucket in enumerate(buckets, 1):
         echo(f"[collect {i}/{len(buckets)}] {bucket.url}")
         run_config = {
-            **LOG_INFO,
+            **log_config,
             "ops": {
                 "build_listing": {"config": {"recheck_paths": list(recheck_paths or [])}},
                 "build_metadata": {"config": {"as_of": as_of}},
@@ -117,7 +135,7 @@ def run_sync(
     for i, (start, end) in enumerate(ranges, 1):
         label = start if start == end else f"{start}..{end}"
         echo(f"[stage+publish {i}/{len(ranges)}] {label}")
-        result = materialize(DAILY_SELECTION, f"days {label}", tags=range_tags(start, end), run_config=LOG_INFO)
+        result = materialize(DAILY_SELECTION, f"days {label}", tags=range_tags(start, end), run_config=log_config)
         loaded = _metadata(result, "build_all").get("rows_loaded", 0)
         summary.rows_loaded += loaded
         junit = _metadata(result, "junit_results")
@@ -130,7 +148,7 @@ def run_sync(
     window_config = {"config": {"as_of": as_of}} if as_of is not None else {}
     result = materialize(
         WINDOW_SELECTION, "windows",
-        run_config={**LOG_INFO, "ops": {"build_week": window_config, "build_day": window_config}},
+        run_config={**log_config, "ops": {"build_week": window_config, "build_day": window_config}},
     )
     for table in ("week", "day"):
         summary.windows[table] = _metadata(result, f"build_{table}").get("dagster/row_count", 0)

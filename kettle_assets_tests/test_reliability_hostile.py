@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from kettle_assets import cli
 from kettle_assets.core.config import BucketConfigError, load_buckets, parse_buckets
 from kettle_assets.core.junit import parse_junit
 from kettle_assets.resources.artifacts import LocalArtifactStore
@@ -178,3 +179,102 @@ def test_utf16_and_utf32_junit_files_parse(codec, bom):
     parsed = parse_junit(xml.encode(codec))
     assert not parsed.malformed, parsed.error
     assert parsed.tests == [{"name": "caf\u00e9", "time": 2.0, "failed": True, "failure_text": "m\u00fc\nbody"}]
+
+
+# --- `kettle`: exit code 2 and one line, never a traceback ---------------------------------------
+
+
+def kettle(args, cwd: Path, **env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KETTLE_", "DAGSTER_HOME"))}
+    return subprocess.run([KETTLE, *args], cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess, *named: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for name in named:
+        assert name in lines[0], (name, lines[0])
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [("KETTLE_FETCH_THREADS", "0"), ("KETTLE_FETCH_THREADS", "many"), ("KETTLE_START_DATE", "2024-02-30"),
+     ("KETTLE_START_DATE", "yesterday"), ("KETTLE_GCS_TIMEOUT", "-1"), ("KETTLE_STAGING_RETENTION_DAYS", "1.5"),
+     ("KETTLE_ENV", "prod"), ("KETTLE_WAREHOUSE", "sqlite")],
+)
+def test_bad_settings_exit_2_naming_the_setting(tmp_path, monkeypatch, capsys, variable, value):
+    (tmp_path / "tree").mkdir()
+    for name in list(os.environ):
+        if name.startswith("KETTLE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KETTLE_STORAGE_ROOT", str(tmp_path / "tree"))
+    monkeypatch.setenv(variable, value)
+    code = cli.main(["sync", "--buckets", str(BUCKETS)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and variable in err, err
+
+
+def test_bad_settings_through_the_console_script(tmp_path):
+    (tmp_path / "tree").mkdir()
+    result = kettle(["sync", "--buckets", str(BUCKETS)], tmp_path, KETTLE_STORAGE_ROOT="tree", KETTLE_FETCH_THREADS="many")
+    assert_one_line_exit_2(result, "KETTLE_FETCH_THREADS")
+
+
+@pytest.mark.parametrize(
+    "content,named",
+    [(b'gs://bkt/logs/:\n  prefix: ""\ngs://bkt/logs/:\n  prefix: "x:"\n', "duplicate key"),
+     (b'gs://bkt/logs/:\n  prefix: ""\n  contact: "\xff"\n', "not UTF-8"),
+     (b'a: &a ["x"]\nb: [*a, *a]\n', "aliases are not allowed")],
+)
+def test_bad_buckets_files_exit_2_in_one_line(tmp_path, capsys, content, named):
+    (tmp_path / "tree").mkdir()
+    path = _buckets_file(tmp_path, content)
+    code = cli.main(["sync", "--buckets", str(path), "--storage-root", str(tmp_path / "tree")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and named in err and str(path) in err, err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, nearly full file system: a 4 MB tmpfs (needs root and mount; skipped otherwise)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_named_with_the_space_needed(tmp_path, small_disk, sample_tree):
+    result = kettle(["sync", "--buckets", str(BUCKETS)], tmp_path, KETTLE_STORAGE_ROOT=str(sample_tree),
+                    KETTLE_HOME=str(small_disk / "home"))
+    assert_one_line_exit_2(result, str(small_disk / "home"), "MB free", "needs at least")
+
+
+def test_no_space_left_mid_sync_is_explained_from_the_real_error(small_disk):
+    from kettle_assets.cli import explain_failure
+
+    with pytest.raises(OSError) as info:
+        (small_disk / "big").write_bytes(b"\0" * (8 << 20))
+    explained = explain_failure(RuntimeError("the run failed").with_traceback(None), small_disk)
+    assert explained is None
+    chained = RuntimeError("the run failed")
+    chained.__cause__ = info.value
+    explained = explain_failure(chained, small_disk)
+    assert explained.startswith("no space left on device writing") and str(small_disk) in explained
+
+
+def test_a_corrupt_warehouse_is_named(tmp_path, sample_tree):
+    home = tmp_path / "home"
+    env = dict(KETTLE_STORAGE_ROOT=str(sample_tree), KETTLE_HOME=str(home))
+    assert kettle(["sync", "--buckets", str(BUCKETS)], tmp_path, **env).returncode == 0
+    warehouse = home / "warehouse.duckdb"
+    warehouse.write_bytes(b"this is not a DuckDB file" * 1000)
+    result = kettle(["sync", "--buckets", str(BUCKETS), "--recheck",
+                     "gs://kubernetes-jenkins/logs/ci-kubernetes-unit/1"], tmp_path, **env)
+    assert_one_line_exit_2(result, str(warehouse), "not a readable DuckDB database")

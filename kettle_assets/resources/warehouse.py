@@ -64,10 +64,35 @@ class Warehouse(dg.ConfigurableResource):
         raise NotImplementedError
 
 
+DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
+
+
+class CorruptWarehouseError(RuntimeError):
+    """The warehouse file exists but is not a DuckDB database."""
+
+
+def check_duckdb_file(path: Path) -> None:
+    """Fail at once on a file that is not a DuckDB database: DuckDB's own error comes only after
+    dagster-duckdb has retried the connection for minutes (it takes it for a lock)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except FileNotFoundError:
+        return
+    if len(head) < 12 or head[8:12] != DUCKDB_MAGIC:
+        raise CorruptWarehouseError(
+            f"{path} is not a valid DuckDB database file (no DuckDB header): move it aside and rebuild "
+            f"the warehouse from staging (kettle sync --rebuild-warehouse)"
+        )
+
+
 class DuckDBWarehouse(Warehouse):
     """Kettle's BigQuery tables, in a local DuckDB file."""
 
     duckdb: DuckDBResource = Field(description="The DuckDB database holding the tables.")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        check_duckdb_file(Path(self.duckdb.database))
 
     def describe(self, table: str) -> str:
         return f"duckdb:{self.duckdb.database}#{table}"
