@@ -5,7 +5,8 @@ KETTLE_ENV          local (folder + DuckDB) or gcp (GCS + BigQuery); default: lo
 KETTLE_BUCKETS      buckets.yaml (default: ./buckets.yaml)
 KETTLE_STORAGE_ROOT a folder standing for gs:// (local)
 KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default: ./.kettle)
-KETTLE_START_DATE   first day partition (default 2014-01-01)
+KETTLE_START_DATE   first day partition (default: the first day with staged builds, else two weeks ago)
+KETTLE_ARTIFACT_URL where a build's artifacts are browsed: {bucket} and {path} (default: gcsweb.k8s.io)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -25,9 +27,10 @@ from dagster_duckdb import DuckDBResource
 
 from .automation import collect_bucket_job, make_automation, refresh_windows_job, stage_and_publish_job, stream_job
 from .assets.collection import make_collection_assets
-from .assets.checks import make_contract_checks
+from .assets.checks import make_build_checks, make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
+from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
 from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
@@ -37,7 +40,8 @@ from .resources.settings import KettleSettings
 from .resources.staging import StagingStore
 from .resources.warehouse import DuckDBWarehouse
 
-DEFAULT_START_DATE = "2014-01-01"
+EARLIEST_START_DATE = "2014-01-01"  # Kettle's first year: staged days before it are bad timestamps
+DAYS_WITHOUT_DATA = 14  # an empty home's partitions: the last two weeks
 
 # BackfillPolicy.single_run is what lets a backfill of many days run as one run; it is marked beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -48,7 +52,7 @@ class Settings:
     buckets_file: str
     storage_root: str | None
     home: str
-    start_date: str = DEFAULT_START_DATE
+    start_date: str | None = None  # None: discovered from staging (first_partition_day)
     fetch_threads: int = 16
     env: str = "local"
     gcs_timeout: float = 30.0
@@ -62,6 +66,7 @@ class Settings:
     warehouse: str | None = None  # override: duckdb or bigquery (default: the env's)
     retention_days: int = 0  # staging days older than this are pruned after a sync; 0 keeps all
     max_row_bytes: int = 100 * 1024 * 1024
+    artifact_url: str = DEFAULT_ARTIFACT_URL
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -69,7 +74,7 @@ class Settings:
             buckets_file=os.environ.get("KETTLE_BUCKETS", "buckets.yaml"),
             storage_root=os.environ.get("KETTLE_STORAGE_ROOT") or None,
             home=os.environ.get("KETTLE_HOME", ".kettle"),
-            start_date=os.environ.get("KETTLE_START_DATE", DEFAULT_START_DATE),
+            start_date=os.environ.get("KETTLE_START_DATE") or None,
             fetch_threads=int(os.environ.get("KETTLE_FETCH_THREADS", "16")),
             gcs_timeout=float(os.environ.get("KETTLE_GCS_TIMEOUT", "30")),
             gcs_deadline=float(os.environ.get("KETTLE_GCS_DEADLINE", "120")),
@@ -82,6 +87,7 @@ class Settings:
             warehouse=os.environ.get("KETTLE_WAREHOUSE") or None,
             retention_days=int(os.environ.get("KETTLE_STAGING_RETENTION_DAYS", "0")),
             max_row_bytes=int(os.environ.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024))),
+            artifact_url=os.environ.get("KETTLE_ARTIFACT_URL") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["env"] = overrides.get("env") or os.environ.get("KETTLE_ENV") or (
@@ -90,6 +96,18 @@ class Settings:
         if values["env"] not in ("local", "gcp"):
             raise ValueError(f"KETTLE_ENV must be local or gcp, not {values['env']!r}")
         return cls(**values)
+
+
+def first_partition_day(settings: Settings) -> str:
+    """The first day partition: KETTLE_START_DATE, else the first day with staged builds, else
+    two weeks ago. Day partitions then cover the data and nothing more: a synced home shows
+    every day filled, and "Materialize all" is never a backfill of years without data."""
+    if settings.start_date:
+        return settings.start_date
+    staged = [d for d in StagingStore(home=str(Path(settings.home).resolve())).metadata_days() if d >= EARLIEST_START_DATE]
+    if staged:
+        return min(staged)
+    return (datetime.now(timezone.utc).date() - timedelta(days=DAYS_WITHOUT_DATA)).isoformat()
 
 
 def duckdb_warehouse(home: Path) -> DuckDBWarehouse:
@@ -140,6 +158,7 @@ def build_resources(settings: Settings) -> dict:
             buckets_file=str(Path(settings.buckets_file).resolve()),
             fetch_threads=settings.fetch_threads,
             max_row_bytes=settings.max_row_bytes,
+            artifact_url=settings.artifact_url,
         ),
     }
 
@@ -147,19 +166,20 @@ def build_resources(settings: Settings) -> dict:
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     buckets = load_buckets(settings.buckets_file)
     build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
-    junit_results, build_rows, build_all = make_daily_assets(day_partitions(settings.start_date), build_metadata)
+    junit_results, build_rows, build_all = make_daily_assets(day_partitions(first_partition_day(settings)), build_metadata)
     build_week, build_day = make_window_assets(build_rows)
-    return [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
+    assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
+    return [with_owners_and_schema(a, bucket_owners(buckets)) for a in assets]
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:
-    return make_contract_checks()
+    return [*make_contract_checks(), *make_build_checks()]
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     assets = build_assets(settings)
     buckets = load_buckets(settings.buckets_file)
-    schedules, sensors = make_automation(buckets.keys, day_partitions(settings.start_date))
+    schedules, sensors = make_automation(buckets.keys, day_partitions(first_partition_day(settings)))
     return dg.Definitions(
         assets=assets,
         asset_checks=build_checks(),

@@ -23,6 +23,11 @@ class KettleSettings(dg.ConfigurableResource):
         default=100 * 1024 * 1024, description="Rows larger than this (BigQuery's limit) are trimmed, never dropped."
     )
 
+    artifact_url: str = Field(
+        default="https://gcsweb.k8s.io/gcs/{bucket}/{path}/",
+        description="Where a build's artifacts are browsed; {bucket} and {path} are filled from its gs:// path.",
+    )
+
     @cached_property
     def buckets(self) -> BucketSet:
         return load_buckets(self.buckets_file)
