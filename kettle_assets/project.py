@@ -87,12 +87,18 @@ class Settings:
             warehouse=os.environ.get("KETTLE_WAREHOUSE") or None,
             retention_days=int(os.environ.get("KETTLE_STAGING_RETENTION_DAYS", "0")),
             max_row_bytes=int(os.environ.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024))),
-            artifact_url=os.environ.get("KETTLE_ARTIFACT_URL") or None,
+            artifact_url=os.environ.get("KETTLE_ARTIFACT_URL") or DEFAULT_ARTIFACT_URL,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["env"] = overrides.get("env") or os.environ.get("KETTLE_ENV") or (
             "local" if values["storage_root"] else "gcp"
         )
+        try:
+            values["artifact_url"].format(bucket="bucket", path="path")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(
+                f"KETTLE_ARTIFACT_URL may only use {{bucket}} and {{path}}, not {values['artifact_url']!r}"
+            ) from None
         if values["env"] not in ("local", "gcp"):
             raise ValueError(f"KETTLE_ENV must be local or gcp, not {values['env']!r}")
         return cls(**values)

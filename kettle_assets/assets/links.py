@@ -9,10 +9,7 @@ import dagster as dg
 
 from ..core.config import BucketSet
 from ..core.schema import bigquery_schema
-
-# gcsweb serves a bucket's folders as browsable pages; Prow's spyglass would be
-# https://prow.k8s.io/view/gs/{bucket}/{path}.
-DEFAULT_ARTIFACT_URL = "https://gcsweb.k8s.io/gcs/{bucket}/{path}/"
+from ..resources.settings import DEFAULT_ARTIFACT_URL
 TABLE_ASSETS = ("build_rows", "build_all", "build_week", "build_day")
 _TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
