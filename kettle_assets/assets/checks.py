@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from ..core.anomalies import test_count_drops, thin_days
+from ..core.anomalies import sharp_test_drops, thin_days
 from ..resources.settings import KettleSettings
 from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
@@ -83,7 +83,7 @@ def make_build_checks() -> list[dg.AssetChecksDefinition]:
         today = datetime.now(timezone.utc).date().isoformat()
         wanted = {key.name for key in context.selected_asset_check_keys}
         if "no_sharp_test_count_drop" in wanted:
-            drops = test_count_drops(builds)
+            drops = sharp_test_drops(builds)
             for d in drops[:20]:
                 context.log.warning(f"{d['path']}: {d['tests_run']} tests, its job's typical is {d['typical']}")
             yield dg.AssetCheckResult(

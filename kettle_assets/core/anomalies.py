@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from statistics import median
 
 
-def test_count_drops(
+def sharp_test_drops(
     builds: list[dict], history: int = 5, keep_share: float = 0.5, min_typical: int = 10
 ) -> list[dict]:
     """Builds that ran far fewer tests than their job usually does.
