@@ -12,7 +12,7 @@ from kettle_assets.assets.links import artifact_url, bucket_owners, md_link, own
 from kettle_assets.automation import stream_run_config
 from kettle_assets.core.config import load_buckets
 from kettle_assets.core.schema import field_names
-from kettle_assets.project import Settings, build_definitions, build_resources, first_partition_day
+from kettle_assets.project import Settings, build_assets, build_definitions, build_resources, first_partition_day
 from kettle_assets.resources.notifications import LocalFolderNotificationSource
 
 from .conftest import BUCKETS, SAMPLE_NOW
@@ -168,6 +168,21 @@ def test_streamed_problems_are_counted_in_metadata(own_kettle):
     # the broken started.json, the truncated finished.json (not JSON, so no timestamp either),
     # the path outside buckets.yaml
     assert junit["collect_problems"].value == 4
+    week = result.asset_materializations_for_node("build_week")[-1].metadata
+    assert week["dagster/row_count"].value == own_kettle.query('SELECT count(*) FROM "week"')[0][0]  # the table's
+
+
+def test_a_day_without_staged_rows_reports_zero_not_the_table(own_kettle):
+    own_kettle.sync()
+    empty_day = (date.fromisoformat(SAMPLE_DAY) + timedelta(days=3)).isoformat()  # inside the partitions, no builds
+    build_all = next(a for a in build_assets(own_kettle.settings) if a.key.path == ["build_all"])
+    result = dg.materialize(
+        [build_all], partition_key=empty_day, instance=own_kettle.instance,
+        resources=build_resources(own_kettle.settings),
+    )
+    [mat] = result.asset_materializations_for_node("build_all")
+    assert mat.metadata["dagster/row_count"].value == 0 and mat.metadata["skipped"].value is True
+    assert mat.metadata["table_rows"].value == own_kettle.query('SELECT count(*) FROM "all"')[0][0]
 
 
 def test_the_stream_sensor_counts_finished_json_it_cannot_read(own_kettle, tmp_path):

@@ -312,6 +312,9 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
             if not rows_file.exists():
                 skipped.append(day)
                 context.log.warning(f"build_all {day}: no staged rows (never staged, or pruned); table left as is")
+                context.add_asset_metadata(
+                    {"rows_loaded": 0, "dagster/row_count": 0, "export_bytes": 0, "skipped": True}, partition_key=day
+                )
                 continue
             export, count, size = staging.write_export(f"all/{day}.json.gz", staging.row_batches(day))  # count: the day's rows
             if config.builds:
@@ -331,7 +334,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         return dg.MaterializeResult(
             metadata={
                 "rows_loaded": loaded,
-                "dagster/row_count": warehouse.count("all"),
+                "table_rows": warehouse.count("all"),
                 "export_bytes": exported_bytes,
                 "days_skipped": dg.MetadataValue.json(skipped),
                 "partitions_in_run": len(context.partition_keys),
