@@ -5,8 +5,9 @@
 - `reconcile_buckets` (schedule): re-list and collect every bucket, so a lost notification
   costs latency, never data.
 - `publish_affected_days` (sensor): after any bucket's `build_metadata` materializes, stage
-  and publish the days it touched, one run per contiguous range of days (never a run per
-  build); it also re-requests days left unpublished by a failed run.
+  and publish the days it touched and that are still unpublished, one run per contiguous range
+  of days (never a run per build); it also re-requests days left unpublished by a failed run.
+  Its first tick starts after the latest existing collection.
 - `refresh_windows_hourly` (schedule): rebuild `week` and `day` so they slide with time.
 - `close_yesterday` (schedule): redo yesterday's partition once it is complete.
 """
@@ -197,9 +198,13 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
             value = record.asset_materialization.metadata.get("affected_days")
             touched.update(getattr(value, "value", None) or [])
         last = result.records[-1].storage_id if result.records else after
+        dirty = staging.dirty_days()
+        # A touched day that is clean again was published whole since (e.g. by `kettle sync`):
+        # requesting it would redo it for nothing.
+        touched = {d for d in touched if d in dirty}
         # Days whose changes were never published (a failed or killed run): ask again, hourly.
         hour = int(time.time() // 3600)
-        stale = [d for d, marked in staging.dirty_days().items() if time.time() - marked > UNPUBLISHED_GRACE_SECONDS]
+        stale = [d for d, marked in dirty.items() if time.time() - marked > UNPUBLISHED_GRACE_SECONDS]
         valid = sorted(d for d in touched | set(stale) if days.has_partition_key(d))
         for skipped in sorted(touched - set(valid)):
             context.log.warning(f"builds finished on {skipped}, outside the day partitions; not published")

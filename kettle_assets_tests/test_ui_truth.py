@@ -110,12 +110,19 @@ def test_publish_affected_days_starts_after_the_sync_and_then_follows_new_collec
     latest = own_kettle.instance.fetch_materializations(dg.AssetKey("build_metadata"), limit=1).records[0]
     assert first.cursor == str(latest.storage_id)
     assert tick(first.cursor).run_requests == []
-    own_kettle.instance.report_runless_asset_event(
-        dg.AssetMaterialization(
-            "build_metadata", partition="kubernetes-jenkins/logs", metadata={"affected_days": ["2026-10-30", "2026-10-31"]}
+    def collected(days):
+        own_kettle.instance.report_runless_asset_event(
+            dg.AssetMaterialization("build_metadata", partition="kubernetes-jenkins/logs", metadata={"affected_days": days})
         )
-    )
-    after = tick(first.cursor)
+        return own_kettle.instance.fetch_materializations(dg.AssetKey("build_metadata"), limit=1).records[0].storage_id
+
+    # a `kettle sync` while the daemon runs: it collects and publishes the days itself
+    seen = collected(["2026-10-28"])
+    assert tick(first.cursor).run_requests == []  # 2026-10-28 is clean: published since its collection
+    staging = resources["staging"]
+    staging.mark_dirty(["2026-10-30", "2026-10-31"])  # what a collection of new builds leaves
+    collected(["2026-10-30", "2026-10-31"])
+    after = tick(str(seen))
     days = [r for r in after.run_requests if r.job_name == "stage_and_publish_days"]
     assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in days] == [
         ("2026-10-30", "2026-10-31")
