@@ -17,6 +17,7 @@ KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -43,7 +44,7 @@ from .resources.warehouse import DuckDBWarehouse
 EARLIEST_START_DATE = "2014-01-01"  # Kettle's first year: staged days before it are bad timestamps
 DAYS_WITHOUT_DATA = 14  # an empty home's partitions: the last two weeks
 
-# BackfillPolicy.single_run is what lets a backfill of many days run as one run; it is marked beta.
+# BackfillPolicy (many days in one run, a month at most) is marked beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
@@ -110,7 +111,10 @@ def first_partition_day(settings: Settings) -> str:
     every day filled, and "Materialize all" is never a backfill of years without data."""
     if settings.start_date:
         return settings.start_date
-    staged = [d for d in StagingStore(home=str(Path(settings.home).resolve())).metadata_days() if d >= EARLIEST_START_DATE]
+    staged = [
+        d for d in StagingStore(home=str(Path(settings.home).resolve())).metadata_days()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", d) and d >= EARLIEST_START_DATE
+    ]
     if staged:
         return min(staged)
     return (datetime.now(timezone.utc).date() - timedelta(days=DAYS_WITHOUT_DATA)).isoformat()

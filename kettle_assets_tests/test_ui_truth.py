@@ -50,7 +50,7 @@ def test_first_partition_day_is_configured_discovered_or_two_weeks_ago(tmp_path)
     settings = Settings(buckets_file=str(BUCKETS), storage_root=str(tmp_path), home=str(tmp_path / "home"))
     two_weeks_ago = (datetime.now(timezone.utc).date() - timedelta(days=14)).isoformat()
     assert first_partition_day(settings) == two_weeks_ago  # nothing staged yet
-    for day in ("1970-01-01", "2025-03-04", "2025-05-06"):  # 1970: a bad timestamp, not a first day
+    for day in ("1970-01-01", "2025-03-04", "2025-05-06", "2024-xx-01"):  # 1970: a bad timestamp; not a day
         (tmp_path / "home" / "staging" / "metadata" / day).mkdir(parents=True)
     assert first_partition_day(settings) == "2025-03-04"
     configured = Settings(**{**settings.__dict__, "start_date": "2020-01-01"})

@@ -68,6 +68,7 @@ def column_schema() -> dg.TableSchema:
 
 
 def with_owners_and_schema(asset: dg.AssetsDefinition, owners: list[str]) -> dg.AssetsDefinition:
+    """The asset with the buckets' owners, and the contract's columns if it holds rows."""
     def update(spec: dg.AssetSpec) -> dg.AssetSpec:
         if spec.key.path[-1] in TABLE_ASSETS:
             spec = spec.merge_attributes(metadata={"dagster/column_schema": column_schema()})
