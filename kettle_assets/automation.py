@@ -5,8 +5,9 @@
 - `reconcile_buckets` (schedule): re-list and collect every bucket, so a lost notification
   costs latency, never data.
 - `publish_affected_days` (sensor): after any bucket's `build_metadata` materializes, stage
-  and publish the days it touched, one run per contiguous range of days (never a run per
-  build); it also re-requests days left unpublished by a failed run.
+  and publish the days it touched and that are still unpublished, one run per contiguous range
+  of days (never a run per build); it also re-requests days left unpublished by a failed run.
+  Its first tick starts after the latest existing collection.
 - `refresh_windows_hourly` (schedule): rebuild `week` and `day` so they slide with time.
 - `close_yesterday` (schedule): redo yesterday's partition once it is complete.
 """
@@ -49,6 +50,9 @@ stream_job = dg.define_asset_job(
 )
 STREAM_OPS = ("junit_results", "build_rows", "build_all", "build_week", "build_day")
 UNPUBLISHED_GRACE_SECONDS = 600  # a dirty day older than this, with no run fixing it, is requested again
+# Run priorities (the run queue takes higher first): a streamed build never waits behind a backfill.
+STREAM_PRIORITY = {"dagster/priority": "10"}
+PUBLISH_PRIORITY = {"dagster/priority": "5"}
 
 
 def stream_run_config(paths: list[str]) -> dict:
@@ -119,6 +123,7 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
         notifications.ack(cursor.get("ack", []))
         messages = notifications.pull()
         irrelevant, retry, keep = [], [], []
+        unreadable: dict[str, list[str]] = defaultdict(list)  # bucket key -> builds whose finished.json failed
         by_day: dict[str, set[str]] = defaultdict(set)
         now = time.time()
         for note in messages:
@@ -130,6 +135,7 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
             if day is None:
                 context.log.warning(f"{build.path}/finished.json cannot be read; it will come back")
                 retry.append(note.ack_id)
+                unreadable[build.bucket_key].append(build.path)
                 continue
             if not days.has_partition_key(day):
                 context.log.warning(f"{build.path} finished on {day}, outside the day partitions; not streamed")
@@ -143,13 +149,24 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
         for day, paths in sorted(by_day.items()):
             key = hashlib.sha1("\n".join(sorted(paths)).encode() + str(now).encode()).hexdigest()[:16]
             requests.append(
-                dg.RunRequest(run_key=f"stream-{day}-{key}", partition_key=day, run_config=stream_run_config(list(paths)))
+                dg.RunRequest(
+                    run_key=f"stream-{day}-{key}", partition_key=day, run_config=stream_run_config(list(paths)),
+                    tags=STREAM_PRIORITY,
+                )
             )
         context.log.info(
             f"{len(messages)} notifications: {len(keep)} finished builds in {len(requests)} runs, "
             f"{len(irrelevant)} irrelevant, {len(retry)} to retry"
         )
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"ack": keep}))
+        # Counted where the UI shows it: an observation of the bucket's build_metadata partition.
+        problems = [
+            dg.AssetObservation(
+                asset_key="build_metadata", partition=key,
+                metadata={"stream_unreadable_finished_json": len(paths), "builds": dg.MetadataValue.json(sorted(paths)[:50])},
+            )
+            for key, paths in sorted(unreadable.items())
+        ]
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"ack": keep}), asset_events=problems)
 
     @dg.sensor(
         name="publish_affected_days",
@@ -159,6 +176,17 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
         description="Stage and publish the days each build_metadata materialization touched, then refresh the windows.",
     )
     def publish_affected_days(context: dg.SensorEvaluationContext, staging: StagingStore):
+        if not context.cursor:
+            # A first tick starts after what already happened (e.g. `kettle sync`, which published
+            # its own days): replaying every past materialization would redo the whole sync.
+            latest = context.instance.fetch_materializations(
+                dg.AssetKey("build_metadata"), limit=1, ascending=False
+            ).records
+            if latest:
+                return dg.SensorResult(
+                    skip_reason="starting after the latest build_metadata materialization",
+                    cursor=str(latest[0].storage_id),
+                )
         after = int(context.cursor) if context.cursor else None
         result = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("build_metadata"), after_storage_id=after),
@@ -170,9 +198,13 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
             value = record.asset_materialization.metadata.get("affected_days")
             touched.update(getattr(value, "value", None) or [])
         last = result.records[-1].storage_id if result.records else after
+        dirty = staging.dirty_days()
+        # A touched day that is clean again was published whole since (e.g. by `kettle sync`):
+        # requesting it would redo it for nothing.
+        touched = {d for d in touched if d in dirty}
         # Days whose changes were never published (a failed or killed run): ask again, hourly.
         hour = int(time.time() // 3600)
-        stale = [d for d, marked in staging.dirty_days().items() if time.time() - marked > UNPUBLISHED_GRACE_SECONDS]
+        stale = [d for d, marked in dirty.items() if time.time() - marked > UNPUBLISHED_GRACE_SECONDS]
         valid = sorted(d for d in touched | set(stale) if days.has_partition_key(d))
         for skipped in sorted(touched - set(valid)):
             context.log.warning(f"builds finished on {skipped}, outside the day partitions; not published")
@@ -180,10 +212,13 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
             return dg.SensorResult(skip_reason="no days to publish", cursor=str(last) if last else None)
         tag = f"{last}" if touched else f"retry-{hour}"
         requests = [
-            dg.RunRequest(run_key=f"days-{start}-{end}-{tag}", job_name=stage_and_publish_job.name, tags=range_tags(start, end))
+            dg.RunRequest(
+                run_key=f"days-{start}-{end}-{tag}", job_name=stage_and_publish_job.name,
+                tags={**range_tags(start, end), **PUBLISH_PRIORITY},
+            )
             for start, end in contiguous_ranges(valid)
         ]
-        requests.append(dg.RunRequest(run_key=f"windows-{tag}", job_name=refresh_windows_job.name))
+        requests.append(dg.RunRequest(run_key=f"windows-{tag}", job_name=refresh_windows_job.name, tags=PUBLISH_PRIORITY))
         return dg.SensorResult(run_requests=requests, cursor=str(last) if last else None)
 
     return [reconcile_buckets, refresh_windows_hourly, close_yesterday], [stream_finished_builds, publish_affected_days]

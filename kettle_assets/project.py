@@ -5,7 +5,8 @@ KETTLE_ENV          local (folder + DuckDB) or gcp (GCS + BigQuery); default: lo
 KETTLE_BUCKETS      buckets.yaml (default: ./buckets.yaml)
 KETTLE_STORAGE_ROOT a folder standing for gs:// (local)
 KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default: ./.kettle)
-KETTLE_START_DATE   first day partition (default 2014-01-01)
+KETTLE_START_DATE   first day partition (default: the first day with staged builds, else two weeks ago)
+KETTLE_ARTIFACT_URL where a build's artifacts are browsed: {bucket} and {path} (default: gcsweb.k8s.io)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
@@ -16,9 +17,10 @@ KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -26,9 +28,10 @@ from dagster_duckdb import DuckDBResource
 
 from .automation import collect_bucket_job, make_automation, refresh_windows_job, stage_and_publish_job, stream_job
 from .assets.collection import make_collection_assets
-from .assets.checks import make_contract_checks
+from .assets.checks import make_build_checks, make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
+from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
 from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
@@ -38,9 +41,10 @@ from .resources.settings import KettleSettings
 from .resources.staging import StagingStore
 from .resources.warehouse import DuckDBWarehouse
 
-DEFAULT_START_DATE = "2014-01-01"
+EARLIEST_START_DATE = "2014-01-01"  # Kettle's first year: staged days before it are bad timestamps
+DAYS_WITHOUT_DATA = 14  # an empty home's partitions: the last two weeks
 
-# BackfillPolicy.single_run is what lets a backfill of many days run as one run; it is marked beta.
+# BackfillPolicy (many days in one run, a month at most) is marked beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
@@ -49,7 +53,7 @@ class Settings:
     buckets_file: str
     storage_root: str | None
     home: str
-    start_date: str = DEFAULT_START_DATE
+    start_date: str | None = None  # None: discovered from staging (first_partition_day)
     fetch_threads: int = 16
     env: str = "local"
     gcs_timeout: float = 30.0
@@ -63,6 +67,7 @@ class Settings:
     warehouse: str | None = None  # override: duckdb or bigquery (default: the env's)
     retention_days: int = 0  # staging days older than this are pruned after a sync; 0 keeps all
     max_row_bytes: int = 100 * 1024 * 1024
+    artifact_url: str = DEFAULT_ARTIFACT_URL
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -73,7 +78,7 @@ class Settings:
             buckets_file=env.get("KETTLE_BUCKETS", "buckets.yaml"),
             storage_root=env.get("KETTLE_STORAGE_ROOT") or None,
             home=env.get("KETTLE_HOME", ".kettle"),
-            start_date=_date_setting("KETTLE_START_DATE", env.get("KETTLE_START_DATE", DEFAULT_START_DATE)),
+            start_date=_date_setting("KETTLE_START_DATE", env.get("KETTLE_START_DATE") or None),
             fetch_threads=_number("KETTLE_FETCH_THREADS", env.get("KETTLE_FETCH_THREADS", "16"), int, 1, 512),
             gcs_timeout=_number("KETTLE_GCS_TIMEOUT", env.get("KETTLE_GCS_TIMEOUT", "30"), float, 0.1, 3600),
             gcs_deadline=_number("KETTLE_GCS_DEADLINE", env.get("KETTLE_GCS_DEADLINE", "120"), float, 0.1, 86400),
@@ -90,11 +95,18 @@ class Settings:
             max_row_bytes=_number(
                 "KETTLE_MAX_ROW_BYTES", env.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024)), int, 1024, 1 << 40
             ),
+            artifact_url=env.get("KETTLE_ARTIFACT_URL") or DEFAULT_ARTIFACT_URL,
         )
         if overrides.get("fetch_threads") is not None:
             overrides["fetch_threads"] = _number("--threads", str(overrides["fetch_threads"]), int, 1, 512)
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["env"] = overrides.get("env") or env.get("KETTLE_ENV") or ("local" if values["storage_root"] else "gcp")
+        try:
+            values["artifact_url"].format(bucket="bucket", path="path")
+        except (KeyError, IndexError, ValueError):
+            raise SettingError(
+                f"KETTLE_ARTIFACT_URL may only use {{bucket}} and {{path}}, not {values['artifact_url'][:200]!r}"
+            ) from None
         if values["env"] not in ("local", "gcp"):
             raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
         if values["warehouse"] not in (None, "duckdb", "bigquery"):
@@ -117,11 +129,26 @@ def _number(name: str, raw: str, kind: type, low: float, high: float):
     return value
 
 
-def _date_setting(name: str, raw: str) -> str:
+def _date_setting(name: str, raw: str | None) -> str | None:
+    if raw is None:
+        return None
     try:
         return date.fromisoformat(raw.strip()).isoformat()
     except ValueError:
         raise SettingError(f"{name} must be a date written YYYY-MM-DD, not {raw[:100]!r}") from None
+def first_partition_day(settings: Settings) -> str:
+    """The first day partition: KETTLE_START_DATE, else the first day with staged builds, else
+    two weeks ago. Day partitions then cover the data and nothing more: a synced home shows
+    every day filled, and "Materialize all" is never a backfill of years without data."""
+    if settings.start_date:
+        return settings.start_date
+    staged = [
+        d for d in StagingStore(home=str(Path(settings.home).resolve())).metadata_days()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", d) and d >= EARLIEST_START_DATE
+    ]
+    if staged:
+        return min(staged)
+    return (datetime.now(timezone.utc).date() - timedelta(days=DAYS_WITHOUT_DATA)).isoformat()
 
 
 def duckdb_warehouse(home: Path) -> DuckDBWarehouse:
@@ -172,6 +199,7 @@ def build_resources(settings: Settings) -> dict:
             buckets_file=str(Path(settings.buckets_file).resolve()),
             fetch_threads=settings.fetch_threads,
             max_row_bytes=settings.max_row_bytes,
+            artifact_url=settings.artifact_url,
         ),
     }
 
@@ -179,19 +207,20 @@ def build_resources(settings: Settings) -> dict:
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     buckets = load_buckets(settings.buckets_file)
     build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
-    junit_results, build_rows, build_all = make_daily_assets(day_partitions(settings.start_date), build_metadata)
+    junit_results, build_rows, build_all = make_daily_assets(day_partitions(first_partition_day(settings)), build_metadata)
     build_week, build_day = make_window_assets(build_rows)
-    return [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
+    assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
+    return [with_owners_and_schema(a, bucket_owners(buckets)) for a in assets]
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:
-    return make_contract_checks()
+    return [*make_contract_checks(), *make_build_checks()]
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     assets = build_assets(settings)
     buckets = load_buckets(settings.buckets_file)
-    schedules, sensors = make_automation(buckets.keys, day_partitions(settings.start_date))
+    schedules, sensors = make_automation(buckets.keys, day_partitions(first_partition_day(settings)))
     return dg.Definitions(
         assets=assets,
         asset_checks=build_checks(),

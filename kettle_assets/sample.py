@@ -160,10 +160,11 @@ def write_sample(root: Path, now: float | None = None, seed: int = 7, days: int 
             counts["finished"] += 1
         _write(root / PR_BUCKET / "directory" / job / "latest-build.txt", str(5024))
 
-    # A listed (non-sequential) bucket with timestamped build names.
+    # A listed (non-sequential) bucket with timestamped build names; its last build finished a
+    # minute ago, so the day the sample ends on has data, like every day before it.
     for job in JUJU_JOBS:
         for k in range(20):
-            start = now - days * DAY + k * (days * DAY / 20)
+            start = now - days * DAY + (k + 1) * (days * DAY / 20) - 960
             name = time.strftime("%Y%m%d-%H%M%S", time.gmtime(start))
             build(root / JUJU_BUCKET / job / name, start, 900, "passed-only",
                   {"junit_conformance.xml": _junit(rng, "conformance", 30, 0.02)})

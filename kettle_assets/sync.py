@@ -17,7 +17,9 @@ from typing import Callable
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 
-from .automation import COLLECT_SELECTION, DAILY_SELECTION, WINDOW_SELECTION, contiguous_ranges, range_tags
+from .automation import (
+    collect_bucket_job, contiguous_ranges, range_tags, refresh_windows_job, stage_and_publish_job,
+)
 from .launcher import RUN_PID_TAG
 from .project import Settings, build_assets, build_checks, build_resources
 
@@ -53,10 +55,24 @@ def get_instance(settings: Settings) -> dg.DagsterInstance:
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    mats = result.asset_materializations_for_node(asset)
-    if not mats:
-        return {}
-    return {k: getattr(v, "value", v) for k, v in mats[-1].metadata.items()}
+    """The run's numbers for one asset: each day partition reports its own, so counts are summed."""
+    totals: dict = {}
+    for mat in result.asset_materializations_for_node(asset):
+        for k, v in mat.metadata.items():
+            value = getattr(v, "value", v)
+            if isinstance(value, int) and not isinstance(value, bool) and isinstance(totals.get(k, 0), int):
+                totals[k] = totals.get(k, 0) + value
+            else:
+                totals[k] = value
+    return totals
+
+
+def _definitions(settings: Settings, resources: dict) -> dg.Definitions:
+    """The code location's jobs over the current day partitions, so the sync's runs carry their names."""
+    return dg.Definitions(
+        assets=build_assets(settings), asset_checks=build_checks(), resources=resources,
+        jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job], executor=dg.in_process_executor,
+    )
 
 
 def first_step_error(result: dg.ExecuteInProcessResult) -> str:
@@ -83,17 +99,16 @@ def run_sync(
     t0 = time.monotonic()
     log_config = LOG_INFO if verbose else LOG_QUIET
     summary = SyncSummary()
-    assets = [*build_assets(settings), *build_checks()]
     resources = build_resources(settings)
+    defs = _definitions(settings, resources)
     instance = instance or get_instance(settings)
     buckets = resources["settings"].buckets
-    day_partitions = next(a for a in assets if a.key.path == ["build_rows"]).partitions_def
 
-    def materialize(selection, what: str, **kwargs) -> dg.ExecuteInProcessResult:
+    def materialize(job: dg.UnresolvedAssetJobDefinition, what: str, **kwargs) -> dg.ExecuteInProcessResult:
         summary.runs += 1
         kwargs["tags"] = {**kwargs.get("tags", {}), RUN_PID_TAG: str(os.getpid())}  # see launcher.py
-        result = dg.materialize(
-            assets, selection=selection, resources=resources, instance=instance, raise_on_error=False, **kwargs
+        result = defs.resolve_job_def(job.name).execute_in_process(
+            instance=instance, raise_on_error=False, **kwargs
         )
         if not result.success:
             reason = first_step_error(result)
@@ -111,7 +126,7 @@ def run_sync(
                 "build_metadata": {"config": {"as_of": as_of}},
             },
         }
-        result = materialize(COLLECT_SELECTION, f"collect {bucket.key}", partition_key=bucket.key, run_config=run_config)
+        result = materialize(collect_bucket_job, f"collect {bucket.key}", partition_key=bucket.key, run_config=run_config)
         listing, meta = _metadata(result, "build_listing"), _metadata(result, "build_metadata")
         summary.buckets[bucket.key] = {**listing, **meta}
         affected.update(meta.get("affected_days") or [])
@@ -120,6 +135,9 @@ def run_sync(
             f"{meta.get('updated', 0)} updated, {meta.get('unfinished', 0)} unfinished, {meta.get('given_up', 0)} given up"
         )
 
+    # Day partitions start at the first staged day: what was just collected may have moved it.
+    defs = _definitions(settings, resources)
+    day_partitions = defs.resolve_assets_def("build_rows").partitions_def
     # Every day with unpublished changes: this cycle's, and any an earlier cycle failed to publish.
     pending = set(resources["staging"].dirty_days()) | affected
     valid = set()
@@ -135,7 +153,7 @@ def run_sync(
     for i, (start, end) in enumerate(ranges, 1):
         label = start if start == end else f"{start}..{end}"
         echo(f"[stage+publish {i}/{len(ranges)}] {label}")
-        result = materialize(DAILY_SELECTION, f"days {label}", tags=range_tags(start, end), run_config=log_config)
+        result = materialize(stage_and_publish_job, f"days {label}", tags=range_tags(start, end), run_config=log_config)
         loaded = _metadata(result, "build_all").get("rows_loaded", 0)
         summary.rows_loaded += loaded
         junit = _metadata(result, "junit_results")
@@ -147,7 +165,7 @@ def run_sync(
     echo("[windows] week, day")
     window_config = {"config": {"as_of": as_of}} if as_of is not None else {}
     result = materialize(
-        WINDOW_SELECTION, "windows",
+        refresh_windows_job, "windows",
         run_config={**log_config, "ops": {"build_week": window_config, "build_day": window_config}},
     )
     for table in ("week", "day"):

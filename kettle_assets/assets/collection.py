@@ -172,6 +172,7 @@ class MergeCounts:
     unchanged: int = 0
     by_day: Counter = field(default_factory=Counter)  # day -> builds staged into it
     affected: set = field(default_factory=set)  # days whose staged builds changed
+    problems: int = 0  # bad input met while collecting (unreadable JSON, paths outside buckets.yaml)
 
 
 def merge_into_staging(
@@ -233,6 +234,7 @@ def collect_named_builds(
         owner = settings.buckets.owner_of(path)
         if owner is None:
             log.warning(f"{path}: not under any bucket of buckets.yaml; ignored")
+            counts.problems += 1
             continue
         if owner.excludes(_job_of(path)):
             log.info(f"{path}: job excluded by buckets.yaml; ignored")
@@ -242,6 +244,7 @@ def collect_named_builds(
         for bucket, cands in by_bucket.items():
             metas = list(pool.map(lambda c: collect.fetch_build(artifacts, c, now), cands))
             for meta in metas:
+                counts.problems += len(meta.problems)
                 for p in meta.problems:
                     log.warning(p)
             known_by_path = {r["path"]: r for r in staging.read_known(bucket.slug).to_pylist()}

@@ -25,13 +25,15 @@ def day_partitions(start_date: str) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=start_date, end_offset=1, timezone="UTC")
 
 
-def md_table(rows: list[dict], cols: list[str]) -> str:
-    """A small Markdown table for materialization previews."""
+def md_table(rows: list[dict], cols: list[str], raw: tuple[str, ...] = ()) -> str:
+    """A small Markdown table for materialization previews; `raw` columns (links) are kept whole."""
     if not rows:
         return "_nothing_"
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     body = "\n".join(
-        "| " + " | ".join(str(r.get(c, "")).replace("|", "\\|").replace("\n", " ")[:120] for c in cols) + " |"
+        "| " + " | ".join(
+            str(r.get(c, "")).replace("|", "\\|").replace("\n", " ")[: None if c in raw else 120] for c in cols
+        ) + " |"
         for r in rows
     )
     return head + body

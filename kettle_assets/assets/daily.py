@@ -21,17 +21,25 @@ from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore
 from ..resources.warehouse import Warehouse
 from .collection import collect_named_builds
 from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, md_table, report_refused
+from .links import md_link
 
 ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
 MALFORMED_SHARE_LIMIT = 0.05  # more malformed JUnit files than this fails the check
+# A backfill of many days runs a month at a time, so no run holds the warehouse pool for long.
+DAYS_PER_BACKFILL_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=31)
 
 
 class StreamConfig(dg.Config):
     builds: list[str] = []  # streaming runs: exactly these build folders; empty: the whole day
 
 
+class JUnitConfig(StreamConfig):
+    refetch: bool = False  # re-read every build's JUnit files, even those whose finished.json is unchanged
+
+
 class RowsConfig(StreamConfig):
     rebuild: bool = False  # rebuild every row of the day, not only those whose inputs changed
+    refetch: bool = False  # with junit_results' refetch: rebuild every row from the re-read results
 
 
 # Bump when build_row's output changes: every staged row is then rebuilt on its day's next run.
@@ -57,32 +65,45 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         group_name=STAGING_GROUP,
         deps=[all_buckets],
         pool="staging",
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=DAYS_PER_BACKFILL_RUN,
         kinds={"python", "parquet"},
         code_version="1",
-        check_specs=[dg.AssetCheckSpec("malformed_junit_share", asset="junit_results")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "malformed_junit_share", asset="junit_results",
+                description=f"At most {MALFORMED_SHARE_LIMIT:.0%} of the JUnit files read in a run fail to parse (warns).",
+            ),
+            dg.AssetCheckSpec(
+                "no_build_with_all_junit_malformed", asset="junit_results",
+                description="No build of these days has JUnit files that all failed to parse: its tests are lost (error).",
+            ),
+        ],
         description=(
             "Parsed JUnit results of every build finished that day: only builds not fetched yet, "
             "or whose finished.json changed, are downloaded."
         ),
     )
     def junit_results(
-        context: dg.AssetExecutionContext, config: StreamConfig, artifacts: ArtifactStore,
+        context: dg.AssetExecutionContext, config: JUnitConfig, artifacts: ArtifactStore,
         staging: StagingStore, settings: KettleSettings,
     ):
         totals = dict(builds=0, fetched=0, dropped=0, files=0, bytes=0, malformed=0, too_large=0, tests=0, bad_times=0)
+        all_malformed: list[dict] = []
+        collect_problems = 0
         per_day: list[dict] = []
         t0 = time.monotonic()
         retries_before, refused_before = artifacts.retries, artifacts.refused
         only = set(config.builds)
         if only:
             merged = collect_named_builds(artifacts, staging, settings, config.builds, time.time(), context.log)
+            collect_problems = merged.problems
             context.log.info(
                 f"junit_results: collected {len(only)} named builds: {merged.new} new, {merged.updated} updated, "
                 f"{merged.unchanged} unchanged"
             )
         with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
             for day in context.partition_keys:
+                before = dict(totals)
                 read_at = time.time()
                 wanted = {
                     r["path"]: r["finished_hash"]
@@ -90,7 +111,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 }
                 have = staging.read_junit(day)
                 keys = have.select(["path", "finished_hash"]).to_pylist()
-                stale = {r["path"] for r in keys if wanted.get(r["path"], object()) != r["finished_hash"]}
+                stale = {r["path"] for r in keys if config.refetch or wanted.get(r["path"], object()) != r["finished_hash"]}
                 done = {r["path"] for r in keys} - stale
                 todo = sorted(p for p in wanted if p not in done and (not only or p in only))
                 fetched, chunks, n_fetched = [], [], 0
@@ -116,12 +137,27 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 chunks.append(pa.Table.from_pylist(fetched, schema=JUNIT_SCHEMA))
                 if n_fetched or stale or not staging.junit_file(day).exists():
                     new = pa.concat_tables(chunks)
-                    staging.write_junit(day, _replace_paths(have, stale | set(todo), new))
+                    have = _replace_paths(have, stale | set(todo), new)
+                    staging.write_junit(day, have)
                 staging.record_junit_read(day, read_at)
+                lost = builds_with_all_junit_malformed(have)
+                all_malformed.extend(lost)
                 totals["builds"] += len(wanted)
                 totals["fetched"] += n_fetched
                 totals["dropped"] += len(stale - set(wanted))
                 per_day.append({"day": day, "builds": len(wanted), "fetched": n_fetched})
+                day_counts = {k: totals[k] - before[k] for k in totals}
+                day_counts.update(builds=len(wanted), fetched=n_fetched, dropped=len(stale - set(wanted)))
+                context.add_asset_metadata(
+                    {
+                        **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v
+                           for k, v in day_counts.items()},
+                        "malformed_share": round(day_counts["files"] and day_counts["malformed"] / day_counts["files"], 4),
+                        "builds_with_all_junit_malformed": len(lost),
+                        "collect_problems": collect_problems,
+                    },
+                    partition_key=day,
+                )
                 context.log.info(
                     f"junit_results {day}: {len(wanted)} builds, {n_fetched} fetched, {len(done)} already staged"
                 )
@@ -131,6 +167,8 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
             metadata={
                 **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v for k, v in totals.items()},
                 "malformed_share": round(share, 4),
+                "builds_with_all_junit_malformed": len(all_malformed),
+                "collect_problems": collect_problems,
                 "artifact_retries": artifacts.retries - retries_before,
                 "artifacts_refused": report_refused(context, artifacts, refused_before, "junit_results"),
                 "seconds": round(elapsed, 2),
@@ -146,13 +184,26 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                       "junit_files": totals["files"], "junit_malformed": totals["malformed"]},
             description="Share of JUnit files fetched in this run that did not parse.",
         )
+        yield dg.AssetCheckResult(
+            check_name="no_build_with_all_junit_malformed",
+            passed=not all_malformed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "builds": len(all_malformed),
+                "examples": dg.MetadataValue.md(md_table(
+                    [{**b, "path": md_link(b["path"], settings.artifact_url)} for b in all_malformed[:20]],
+                    ["path", "files", "malformed"], raw=("path",),
+                )),
+            },
+            description="Builds whose every JUnit file failed to parse: their rows have no tests.",
+        )
 
     @dg.asset(
         partitions_def=days,
         group_name=STAGING_GROUP,
         deps=[junit_results, all_buckets],
         pool="staging",
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=DAYS_PER_BACKFILL_RUN,
         kinds={"python", "parquet"},
         code_version="1",
         description="One contract row per build finished that day (Kettle's make_json), as staging Parquet.",
@@ -162,22 +213,27 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
     ) -> dg.MaterializeResult:
         buckets = settings.buckets
         only = set(config.builds)
+        rebuild = config.rebuild or config.refetch
         totals = dict(rows=0, tests=0, tests_failed=0, problems=0, waiting_for_junit=0, rows_trimmed=0, bytes=0)
         trims: list[dict] = []
         preview: list[dict] = []
         per_day: list[dict] = []
         for day in context.partition_keys:
+            before = dict(totals)
             metadata = staging.read_metadata(day)
             wanted = dict(zip(metadata.column("path").to_pylist(), metadata.column("finished_hash").to_pylist()))
             existing = staging.read_rows(day, ["path", "_finished_hash"])
             current = {
                 p for p, h in zip(existing.column("path").to_pylist(), existing.column("_finished_hash").to_pylist())
-                if h == _row_version(wanted.get(p)) and not config.rebuild
+                if h == _row_version(wanted.get(p)) and not rebuild
             }
             todo = sorted(p for p in wanted if p not in current and (not only or p in only))
             removed = set(existing.column("path").to_pylist()) - set(wanted)
             if not todo and not removed and staging.rows_file(day).exists():
                 per_day.append({"day": day, "rows": 0, "bytes": 0})
+                context.add_asset_metadata(
+                    {**{k: 0 for k in totals}, "rows_built": 0, "dagster/row_count": existing.num_rows}, partition_key=day
+                )
                 context.log.info(f"build_rows {day}: {len(current)} rows current, nothing to rebuild")
                 continue
             metadata = metadata.filter(pc.is_in(metadata.column("path"), pa.array(todo, pa.string())))
@@ -207,6 +263,10 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
             totals["rows"] += built
             totals["bytes"] += size
             per_day.append({"day": day, "rows": built, "bytes": size})
+            context.add_asset_metadata(
+                {**{k: totals[k] - before[k] for k in totals}, "rows_built": built, "dagster/row_count": table.num_rows},
+                partition_key=day,
+            )
             context.log.info(
                 f"build_rows {day}: {built} rows built, {len(current)} current, {len(removed)} removed; "
                 f"{table.num_rows} rows staged"
@@ -218,7 +278,10 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 "partitions_in_run": len(per_day),
                 "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "rows", "bytes"])),
                 "trimmed_rows": dg.MetadataValue.md(md_table(trims[:20], ["path", "trim"])),
-                "preview": dg.MetadataValue.md(md_table(preview, ["path", "job", "result", "tests_run", "tests_failed"])),
+                "preview": dg.MetadataValue.md(md_table(
+                    [{**r, "path": md_link(r["path"], settings.artifact_url)} for r in preview],
+                    ["path", "job", "result", "tests_run", "tests_failed"], raw=("path",),
+                )),
                 "rows_built": totals["rows"],
             }
         )
@@ -228,14 +291,14 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         partitions_def=days,
         group_name=WAREHOUSE_GROUP,
         deps=[build_rows],
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=DAYS_PER_BACKFILL_RUN,
         kinds={"duckdb", "bigquery"},
         pool="warehouse",
         code_version="1",
         freshness_policy=STALE_AFTER_6_HOURS,
         description=(
             "Warehouse table `all`: each day partition replaced with that day's staged rows, "
-            "plus the day's Kettle-format export export/all/<day>.json.gz."
+            "plus the day's Kettle-format export `export/all/<day>.json.gz`."
         ),
     )
     def build_all(
@@ -249,8 +312,11 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
             if not rows_file.exists():
                 skipped.append(day)
                 context.log.warning(f"build_all {day}: no staged rows (never staged, or pruned); table left as is")
+                context.add_asset_metadata(
+                    {"rows_loaded": 0, "dagster/row_count": 0, "export_bytes": 0, "skipped": True}, partition_key=day
+                )
                 continue
-            export, count, size = staging.write_export(f"all/{day}.json.gz", staging.row_batches(day))
+            export, count, size = staging.write_export(f"all/{day}.json.gz", staging.row_batches(day))  # count: the day's rows
             if config.builds:
                 n = warehouse.upsert_paths("all", [rows_file], config.builds)
             else:
@@ -259,11 +325,16 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
             loaded += n
             exported_bytes += size
             per_day.append({"day": day, "rows": n, "export_bytes": size})
+            context.add_asset_metadata(
+                {"rows_loaded": n, "dagster/row_count": count, "export_bytes": size,
+                 "export": dg.MetadataValue.path(str(export))},
+                partition_key=day,
+            )
             context.log.info(f"build_all {day}: {n} rows loaded into {warehouse.describe('all')}; export {export}")
         return dg.MaterializeResult(
             metadata={
                 "rows_loaded": loaded,
-                "dagster/row_count": warehouse.count("all"),
+                "table_rows": warehouse.count("all"),
                 "export_bytes": exported_bytes,
                 "days_skipped": dg.MetadataValue.json(skipped),
                 "partitions_in_run": len(context.partition_keys),
@@ -273,6 +344,14 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         )
 
     return junit_results, build_rows, build_all
+
+
+def builds_with_all_junit_malformed(junit: pa.Table) -> list[dict]:
+    """Staged builds that had JUnit files and could parse none of them."""
+    return [
+        r for r in junit.select(["path", "files", "malformed"]).to_pylist()
+        if r["files"] and r["malformed"] == r["files"]
+    ]
 
 
 def _row_for(context, day, meta, tests, buckets, settings, totals, trims) -> dict | None:

@@ -82,6 +82,7 @@ def _upsert_window(context, table, since, builds, staging, warehouse) -> dg.Mate
     upserted = warehouse.upsert_paths(table, files, builds, since)
     context.log.info(f"build_{table}: {upserted} of {len(builds)} streamed builds are in the window")
     return dg.MaterializeResult(metadata={"streamed_builds": len(builds), "upserted": upserted,
+                                          "dagster/row_count": warehouse.count(table),
                                           "table": warehouse.describe(table)})
 
 

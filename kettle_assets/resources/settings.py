@@ -9,6 +9,10 @@ from pydantic import Field
 
 from ..core.config import BucketSet, load_buckets
 
+# gcsweb serves a bucket's folders as browsable pages; Prow's spyglass would be
+# https://prow.k8s.io/view/gs/{bucket}/{path}
+DEFAULT_ARTIFACT_URL = "https://gcsweb.k8s.io/gcs/{bucket}/{path}/"
+
 
 class KettleSettings(dg.ConfigurableResource):
     """Settings every stage shares; `buckets_file` is Kettle's buckets.yaml."""
@@ -21,6 +25,11 @@ class KettleSettings(dg.ConfigurableResource):
 
     max_row_bytes: int = Field(
         default=100 * 1024 * 1024, description="Rows larger than this (BigQuery's limit) are trimmed, never dropped."
+    )
+
+    artifact_url: str = Field(
+        default=DEFAULT_ARTIFACT_URL,
+        description="Where a build's artifacts are browsed; {bucket} and {path} are filled from its gs:// path.",
     )
 
     @cached_property
