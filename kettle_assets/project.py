@@ -28,6 +28,7 @@ from .assets.collection import make_collection_assets
 from .assets.checks import make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
+from .assets.failure_clusters import failure_clusters
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
 from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
@@ -149,7 +150,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
     junit_results, build_rows, build_all = make_daily_assets(day_partitions(settings.start_date), build_metadata)
     build_week, build_day = make_window_assets(build_rows)
-    return [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
+    return [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day, failure_clusters]
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:

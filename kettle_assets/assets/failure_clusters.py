@@ -1,0 +1,166 @@
+"""`failure_clusters`: triage's clusters of the window's failed tests, as warehouse tables and as
+triage's `failure_data.json` (plus its slices) under export/triage/.
+
+Incremental by default: failures already clustered keep their cluster, failures that left the
+window leave theirs, and only new failures are matched. A change of options, or `full: true`,
+clusters the whole window again.
+"""
+
+import hashlib
+import json
+import os
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+import pyarrow as pa
+
+from ..core.clustering import ClusterOptions, cluster_failures
+from ..core.triage_output import dumps, failure_data, slices, summarize
+from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window
+from ..resources.staging import StagingStore
+from ..resources.warehouse import Warehouse
+from .common import WAREHOUSE_GROUP, md_table
+
+OPTIONS_MARKER = "failure_clusters.options"
+
+
+class FailureClustersConfig(dg.Config):
+    window_days: int = 14
+    last_day: Optional[str] = None  # YYYY-MM-DD, last day of the window; default: the latest failure's day
+    excluded_jobs: list[str] = ["ci-kubernetes-coverage-unit"]
+    rules: str = "python"  # normalisation rules: python (triage's default) or go (its later ones)
+    max_distance_checks: int = 1000  # exact edit distances per text before it founds its own cluster
+    full: bool = False  # cluster the whole window from scratch
+    owners_file: Optional[str] = None  # JSON {sig: [test name prefixes]}, as triage's --owners
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_triage_files(folder: Path, data: dict, builds) -> dict:
+    """failure_data.json and slices/failure_data_<slice>.json; stale slices removed. Returns sizes."""
+    main = dumps(data)
+    _write_atomic(folder / "failure_data.json", main)
+    written, largest = set(), 0
+    for name, part in slices(data, builds):
+        blob = dumps(part)
+        path = folder / "slices" / f"failure_data_{name}.json"
+        _write_atomic(path, blob)
+        written.add(path.name)
+        largest = max(largest, len(blob))
+    for old in (folder / "slices").glob("failure_data_*.json"):
+        if old.name not in written:
+            old.unlink()
+    return {"failure_data_bytes": len(main), "slices": len(written), "largest_slice_bytes": largest,
+            "failure_data_sha1": hashlib.sha1(main).hexdigest()}
+
+
+def _columns(rows: list[dict], names: list[str]) -> dict[str, list]:
+    return {n: [r[n] for r in rows] for n in names}
+
+
+def run_failure_clusters(context, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse):
+    tables = ClusterTables(warehouse)
+    options = ClusterOptions(rules=config.rules, max_distance_checks=config.max_distance_checks)
+    latest = tables.latest_day()
+    last_day = date.fromisoformat(config.last_day) if config.last_day else latest
+    if last_day is None:
+        context.log.info("failure_clusters: test_results has no failed test; nothing to cluster")
+        return dg.MaterializeResult(metadata={"failures": 0})
+    window = Window(last_day - timedelta(days=config.window_days - 1), last_day, tuple(sorted(config.excluded_jobs)))
+    fingerprint = json.dumps({"rules": options.rules, "max_distance_checks": options.max_distance_checks,
+                              "excluded": window.excluded_jobs})
+    previous = None
+    if not config.full and staging.read_marker(OPTIONS_MARKER) == fingerprint:
+        previous = tables.previous()
+    started = time.monotonic()
+    clustering = cluster_failures((f for f, _ in tables.failures(window)), previous, options)
+    clustered_seconds = time.monotonic() - started
+    builds = tables.builds(window)
+    owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
+    summary = summarize(tables.failures(window), clustering, builds, owners)
+    data = failure_data(summary, builds)
+
+    ids = {c["key_hash"]: c["id"] for c in summary.clusters}
+    cluster_cols = ["id", "key_hash", "key", "text", "owner", "failures", "flaky_failures", "first_seen", "last_seen"]
+    clusters = _columns(summary.clusters, cluster_cols)
+    clusters["tests"] = [len(c["tests"]) for c in summary.clusters]
+    clusters["jobs"] = [len({j["name"] for t in c["tests"] for j in t["jobs"]}) for c in summary.clusters]
+    clusters["in_triage"] = [c["failures"] > 1 for c in summary.clusters]
+    clusters_table = pa.table(clusters).rename_columns(
+        ["cluster_id", "key_hash", "cluster_key", *cluster_cols[3:], "tests", "jobs", "in_triage"])
+    clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
+    failures = dict(summary.failures)
+    failures["cluster_id"] = [ids[h] for h in failures["key_hash"]]
+    failures_table = _with_timestamps(pa.table(failures), ["started"])
+    days_table = pa.table(_columns(summary.days, ["key_hash", "cluster_id", "day", "failures", "flaky_failures",
+                                                   "builds", "tests", "jobs"]))
+    days_table = days_table.set_column(2, "day", pa.array([date.fromisoformat(d) for d in days_table["day"].to_pylist()],
+                                                          pa.date32()))
+    tables.replace(clusters_table, failures_table, days_table, pa.table(summary.test_keys))
+    staging.write_marker(OPTIONS_MARKER, fingerprint)
+    sizes = write_triage_files(staging.export_dir / "triage", data, builds)
+
+    flaky = sum(c["flaky_failures"] for c in summary.clusters)
+    context.log.info(
+        f"failure_clusters: {len(summary.failures['path'])} failures of {window.first_day}..{window.last_day} in "
+        f"{len(summary.clusters)} clusters ({clustering.new_failures} newly matched, {clustering.kept_failures} kept); "
+        f"{clustering.bound_hits} texts hit the distance-check bound"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(summary.clusters),
+            "window": f"{window.first_day}..{window.last_day}",
+            "mode": "incremental" if previous is not None else "full",
+            "failures": len(summary.failures["path"]),
+            "new_failures": clustering.new_failures,
+            "kept_failures": clustering.kept_failures,
+            "clusters": len(summary.clusters),
+            "clusters_in_triage": len(data["clustered"]),
+            "flaky_failures": flaky,
+            "distance_checks": clustering.distance_checks,
+            "bound_hits": clustering.bound_hits,
+            "max_distance_checks": options.max_distance_checks,
+            "clustering_seconds": round(clustered_seconds, 2),
+            **sizes,
+            "tables": ", ".join(tables.describe(t) for t in (CLUSTERS, FAILURES, DAYS, TEST_KEYS)),
+            "top_clusters": dg.MetadataValue.md(md_table(
+                [{"id": c["id"], "failures": c["failures"], "flaky": c["flaky_failures"], "owner": c["owner"],
+                  "key": c["key"]} for c in summary.clusters[:10]],
+                ["id", "failures", "flaky", "owner", "key"])),
+        }
+    )
+
+
+def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:
+    for name in columns:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, table[name].cast(pa.int64()).cast(pa.timestamp("s")))
+    return table
+
+
+@dg.asset(
+    name="failure_clusters",
+    group_name=WAREHOUSE_GROUP,
+    deps=[dg.AssetKey("test_results"), dg.AssetKey("build_all")],
+    kinds={"duckdb"},
+    pool="warehouse",
+    code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
+    description=(
+        "Triage's failure clusters of the last 14 days of failed tests: tables failure_clusters, "
+        "failure_cluster_failures, failure_cluster_days, failure_cluster_test_keys; "
+        "export triage/failure_data.json and its slices."
+    ),
+)
+def failure_clusters(
+    context: dg.AssetExecutionContext, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse
+) -> dg.MaterializeResult:
+    return run_failure_clusters(context, config, staging, warehouse)
