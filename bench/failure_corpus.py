@@ -99,7 +99,7 @@ def generate(failures: int, days: int = 14, kinds: int | None = None, seed: int 
     templates = [_template(rng, k) for k in range(kinds)]
     tests = [f"[sig-{rng.choice(SIGS)}] {rng.choice(WORDS).title()} should {rng.choice(WORDS)} {k}"
              for k in range(max(4, kinds // 2))]
-    jobs = [f"ci-kubernetes-e2e-{rng.choice(WORDS)}-{k}" for k in range(max(2, kinds // 20))]
+    jobs = [f"ci-kubernetes-e2e-{rng.choice(WORDS)}-{k}" for k in range(max(2, kinds // 2))]
     weights = [1.0 / (k + 1) ** 0.8 for k in range(kinds)]
     picked = rng.choices(range(kinds), weights=weights, k=failures)
     out = []

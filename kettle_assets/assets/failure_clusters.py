@@ -17,8 +17,8 @@ from typing import Optional
 import dagster as dg
 import pyarrow as pa
 
-from ..core.clustering import ClusterOptions, cluster_failures
-from ..core.triage_output import dumps, failure_data, slices, summarize
+from ..core.clustering import ClusterOptions, cluster_stream
+from ..core.triage_output import BuildColumns, dumps, failure_data, key_hash, slices, summarize, test_key_rows
 from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window
 from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
@@ -44,7 +44,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_triage_files(folder: Path, data: dict, builds) -> dict:
+def write_triage_files(folder: Path, data: dict, builds: BuildColumns) -> dict:
     """failure_data.json and slices/failure_data_<slice>.json; stale slices removed. Returns sizes."""
     main = dumps(data)
     _write_atomic(folder / "failure_data.json", main)
@@ -80,13 +80,17 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     previous = None
     if not config.full and staging.read_marker(OPTIONS_MARKER) == fingerprint:
         previous = tables.previous()
+    local_by_hash, previous_global = previous or ({}, {})
     started = time.monotonic()
-    clustering = cluster_failures((f for f, _ in tables.failures(window)), previous, options)
+    clustering = cluster_stream((f for f, _ in tables.failures(window, local_by_hash)), previous_global, options)
     clustered_seconds = time.monotonic() - started
     builds = tables.builds(window)
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
-    summary = summarize(tables.failures(window), clustering, builds, owners)
-    data = failure_data(summary, builds)
+    cluster_keys = [clustering.global_key[local] for local in clustering.local_keys]
+    rows = ((f, facts, cluster_keys[i]) for (f, facts), i in zip(tables.failures(window), clustering.local_ids))
+    summary = summarize(rows, builds, owners)
+    columns = BuildColumns(builds.values())
+    data = failure_data(summary, columns)
 
     ids = {c["key_hash"]: c["id"] for c in summary.clusters}
     cluster_cols = ["id", "key_hash", "key", "text", "owner", "failures", "flaky_failures", "first_seen", "last_seen"]
@@ -97,20 +101,27 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     clusters_table = pa.table(clusters).rename_columns(
         ["cluster_id", "key_hash", "cluster_key", *cluster_cols[3:], "tests", "jobs", "in_triage"])
     clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
-    failures = dict(summary.failures)
-    failures["cluster_id"] = [ids[h] for h in failures["key_hash"]]
-    failures_table = _with_timestamps(pa.table(failures), ["started"])
     days_table = pa.table(_columns(summary.days, ["key_hash", "cluster_id", "day", "failures", "flaky_failures",
                                                    "builds", "tests", "jobs"]))
     days_table = days_table.set_column(2, "day", pa.array([date.fromisoformat(d) for d in days_table["day"].to_pylist()],
                                                           pa.date32()))
-    tables.replace(clusters_table, failures_table, days_table, pa.table(summary.test_keys))
+    key_hashes = [key_hash(k) for k in cluster_keys]
+    keys_table = pa.table({
+        "local_id": pa.array(range(len(clustering.local_keys)), pa.int32()),
+        "local_key_hash": [key_hash(key) for _, key in clustering.local_keys],
+        "key_hash": key_hashes,
+        "cluster_id": [ids[h] for h in key_hashes],
+    })
+    assignments = pa.table({"i": pa.array(range(len(clustering.local_ids)), pa.int64()),
+                            "local_id": pa.array(clustering.local_ids, pa.int32())})
+    tables.replace(window, assignments, keys_table, clusters_table, days_table, pa.table(test_key_rows(clustering)))
     staging.write_marker(OPTIONS_MARKER, fingerprint)
-    sizes = write_triage_files(staging.export_dir / "triage", data, builds)
+    sizes = write_triage_files(staging.export_dir / "triage", data, columns)
+    failures_total = len(clustering.local_ids)
 
     flaky = sum(c["flaky_failures"] for c in summary.clusters)
     context.log.info(
-        f"failure_clusters: {len(summary.failures['path'])} failures of {window.first_day}..{window.last_day} in "
+        f"failure_clusters: {failures_total} failures of {window.first_day}..{window.last_day} in "
         f"{len(summary.clusters)} clusters ({clustering.new_failures} newly matched, {clustering.kept_failures} kept); "
         f"{clustering.bound_hits} texts hit the distance-check bound"
     )
@@ -119,7 +130,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
             "dagster/row_count": len(summary.clusters),
             "window": f"{window.first_day}..{window.last_day}",
             "mode": "incremental" if previous is not None else "full",
-            "failures": len(summary.failures["path"]),
+            "failures": failures_total,
             "new_failures": clustering.new_failures,
             "kept_failures": clustering.kept_failures,
             "clusters": len(summary.clusters),

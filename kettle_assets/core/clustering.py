@@ -12,6 +12,7 @@ new failures are matched, first against their test's keys and then against the g
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable, NamedTuple
 
@@ -48,6 +49,7 @@ class Failure(NamedTuple):
     build: str  # build path
     text: str  # raw failure text
     started: int = 0  # epoch seconds of the build: failures are clustered in (started, build) order
+    kept_key: str | None = None  # the local key an earlier run gave this failure
 
 
 @dataclass
@@ -60,8 +62,10 @@ class Previous:
 
 @dataclass
 class Clustering:
-    local_key: dict[Hashable, str]  # fid -> local key
-    global_key: dict[tuple[str, str], str]  # (test, local key) -> global key
+    local_keys: list[tuple[str, str]] = field(default_factory=list)  # (test, local key) by local id
+    local_ids: array = field(default_factory=lambda: array("i"))  # per failure, in stream order
+    global_key: dict[tuple[str, str], str] = field(default_factory=dict)  # (test, local key) -> global key
+    local_key: dict[Hashable, str] = field(default_factory=dict)  # fid -> local key (cluster_failures only)
     new_failures: int = 0
     kept_failures: int = 0
     distance_checks: int = 0
@@ -88,12 +92,12 @@ class KeyIndex:
     """The keys of one level (a test's keys, or the global ones) with their histograms and lengths
     in arrays, so that the lower bounds to all keys are one vectorised step."""
 
-    def __init__(self, histograms: _Histograms, options: ClusterOptions, stats: Clustering):
+    def __init__(self, options: ClusterOptions, stats: Clustering):
         self.keys: list[str] = []
         self.position: dict[str, int] = {}
         self._hist = np.zeros((8, NGRAM_BUCKETS), dtype=np.int32)
         self._len = np.zeros(8, dtype=np.int64)
-        self._histograms = histograms
+        self._histograms = _Histograms()
         self._options = options
         self._stats = stats
         # text -> (index of the key it matched, number of keys when it did): a repeated text only
@@ -169,69 +173,96 @@ class KeyIndex:
         return int(np.abs(self._hist[index] - self._histograms(text)).sum()) // 4
 
 
-def cluster_failures(
-    failures: Iterable[Failure], previous: Previous | None = None, options: ClusterOptions = ClusterOptions()
+def failure_order(failure: Failure) -> tuple:
+    """The order the stream must come in: by test, then (started, build path, id) within a test."""
+    return (failure.test, failure.started, failure.build, str(failure.fid))
+
+
+def cluster_stream(
+    failures: Iterable[Failure], previous_global: dict[tuple[str, str], str] | None = None,
+    options: ClusterOptions = ClusterOptions(),
 ) -> Clustering:
-    """Local then global clustering of `failures`; those `previous` assigned keep their keys."""
-    previous = previous or Previous()
-    result = Clustering(local_key={}, global_key={})
-    histograms = _Histograms()
+    """Local then global clustering of a stream of failures in `failure_order`.
+
+    A failure whose `kept_key` (its local key in the previous run) is still a local key of the
+    previous run keeps it; the others are matched. Memory is the keys and one test's failures, not
+    the window: each failure's local key comes back as an index into `local_keys`, one int per
+    failure, in stream order.
+    """
+    previous_global = previous_global or {}
+    result = Clustering()
     local_sizes: dict[tuple[str, str], int] = {}  # (test, local key) -> failures
     first_seen: dict[tuple[str, str], tuple[int, str]] = {}  # (test, local key) -> first (started, build)
-    new_by_test: dict[str, list[Failure]] = {}  # new failures, with their normalised text
-    distinct: dict[str, str] = {}
-    for failure in failures:
-        key = previous.local_key.get(failure.fid)
-        if key is not None and (failure.test, key) in previous.global_key:
-            result.local_key[failure.fid] = key
-            local_sizes[(failure.test, key)] = local_sizes.get((failure.test, key), 0) + 1
-            seen = (failure.started, failure.build)
-            if seen < first_seen.get((failure.test, key), seen):
-                first_seen[(failure.test, key)] = seen
-            first_seen.setdefault((failure.test, key), seen)
-            result.kept_failures += 1
-        else:
-            # Only the normalised text is kept (once per distinct text): raw texts are not held.
-            text = normalize(failure.text, options.rules)
-            text = distinct.setdefault(text, text)
-            new_by_test.setdefault(failure.test, []).append(failure._replace(text=text))
-            result.new_failures += 1
+    done: set[str] = set()
 
-    # Local: each test on its own (so the order of tests does not matter); within a test, the
-    # failures in build order, against the keys its kept failures still hold.
-    kept_local: dict[str, list[str]] = {}
-    for test, key in local_sizes:
-        kept_local.setdefault(test, []).append(key)
-    for test in sorted(new_by_test):
-        index = KeyIndex(histograms, options, result)
-        for key in sorted(kept_local.get(test, ())):
-            index.add(key)
-        for failure in sorted(new_by_test[test], key=lambda f: (f.started, f.build, str(f.fid))):
-            key = index.place(failure.text)
-            result.local_key[failure.fid] = key
-            local_sizes[(test, key)] = local_sizes.get((test, key), 0) + 1
-            first_seen.setdefault((test, key), (failure.started, failure.build))  # failures come in order
+    def flush(test: str, batch: list[tuple[Failure, str | None]]) -> None:
+        if test in done:
+            raise ValueError(f"failures must come grouped by test; {test!r} came back")
+        done.add(test)
+        index = KeyIndex(options, result)
+        for _, kept in batch:
+            if kept is not None and kept not in index.position:
+                index.add(kept)
+        ids: dict[str, int] = {}
+        for failure, kept in batch:
+            key = kept if kept is not None else index.place(failure.text)
+            local = (test, key)
+            if local not in local_sizes:  # a test's keys are all founded in its one batch
+                local_sizes[local] = 0
+                first_seen[local] = (failure.started, failure.build)
+                ids[key] = len(result.local_keys)
+                result.local_keys.append(local)
+            local_sizes[local] += 1
+            result.local_ids.append(ids[key])
+
+    test, batch = None, []
+    for failure in failures:
+        if failure.test != test:
+            if batch:
+                flush(test, batch)
+            test, batch = failure.test, []
+        kept = failure.kept_key if (failure.test, failure.kept_key) in previous_global else None
+        if kept is not None:
+            result.kept_failures += 1
+            batch.append((failure._replace(text=""), kept))
+        else:
+            result.new_failures += 1
+            batch.append((failure._replace(text=normalize(failure.text, options.rules)), None))
+    if batch:
+        flush(test, batch)
 
     # Global: kept local keys keep their global key (dropped with their last failure); new local
     # keys are matched against the global keys in `options.global_order`.
-    global_index = KeyIndex(histograms, options, result)
+    global_index = KeyIndex(options, result)
     kept_global = set()
-    for test, key in local_sizes:
-        if (test, key) in previous.global_key:
-            result.global_key[(test, key)] = previous.global_key[(test, key)]
-            kept_global.add(previous.global_key[(test, key)])
+    for local in local_sizes:
+        if local in previous_global:
+            result.global_key[local] = previous_global[local]
+            kept_global.add(previous_global[local])
     for key in sorted(kept_global):
         global_index.add(key)
     test_sizes: dict[str, int] = {}
-    for (test, _), size in local_sizes.items():
-        test_sizes[test] = test_sizes.get(test, 0) + size
-    pending = [(test, key, size) for (test, key), size in local_sizes.items() if (test, key) not in result.global_key]
+    for (name, _), size in local_sizes.items():
+        test_sizes[name] = test_sizes.get(name, 0) + size
+    pending = [(name, key, size) for (name, key), size in local_sizes.items() if (name, key) not in result.global_key]
     if options.global_order == "size":
         pending.sort(key=lambda tks: (-test_sizes[tks[0]], tks[0], -tks[2], tks[1]))
     else:
         pending.sort(key=lambda tks: (first_seen[(tks[0], tks[1])], tks[0], tks[1]))
-    for test, key, _ in pending:
-        result.global_key[(test, key)] = global_index.place(key)
+    for name, key, _ in pending:
+        result.global_key[(name, key)] = global_index.place(key)
+    return result
+
+
+def cluster_failures(
+    failures: Iterable[Failure], previous: Previous | None = None, options: ClusterOptions = ClusterOptions()
+) -> Clustering:
+    """`cluster_stream` over failures in any order, with the previous run given per failure id;
+    the result also maps each failure id to its local key (`local_key`)."""
+    previous = previous or Previous()
+    ordered = sorted((f._replace(kept_key=previous.local_key.get(f.fid)) for f in failures), key=failure_order)
+    result = cluster_stream(ordered, previous.global_key, options)
+    result.local_key = {f.fid: result.local_keys[i][1] for f, i in zip(ordered, result.local_ids)}
     return result
 
 

@@ -5,11 +5,12 @@ slices by id prefix and by owner, and one row per cluster / per cluster and day 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
+
+import orjson
 
 from .clustering import Clustering, Failure
 from .triage_text import cluster_id, common_spans, ngram_counts, normalize_name, span_tokens
@@ -53,9 +54,9 @@ class _Cluster:
     def __init__(self, key: str):
         self.key = key
         self.failures = 0
-        self.tests: dict[str, list[tuple[str, int | None, str]]] = {}  # test -> [(job, number, build path)]
+        self.tests: dict[str, list] = {}  # test -> [failures, {job: {build numbers}}]
         self.common: set[str] | None = None
-        self.first: dict[str, tuple[tuple[str, str], str]] = {}  # test -> ((build, fid), raw text)
+        self.first: dict[str, tuple[tuple, str]] = {}  # test -> ((started, build, fid), raw text)
         self.started: list[int] = [0, 0]
         self.flaky = 0
         self.days: dict[str, list] = {}  # day -> [failures, flaky, builds set, tests set, jobs set]
@@ -63,46 +64,34 @@ class _Cluster:
 
 @dataclass
 class ClusterSummary:
-    clusters: list[dict]  # triage's `clustered` entries, singletons included (marked by failures == 1)
+    clusters: list[dict]  # triage's `clustered` entries plus counts, singletons included
     days: list[dict]  # one row per cluster and UTC day
-    failures: dict[str, list]  # one row per failure (columns), with its cluster's key hash
-    test_keys: dict[str, list]  # one row per test's own key (columns), with its cluster's key hash
 
 
 def summarize(
-    failures: Iterable[tuple[Failure, FailureFacts]],
-    clustering: Clustering,
+    rows: Iterable[tuple[Failure, FailureFacts, str]],
     builds: dict[str, Build],
     owners: dict[str, list[str]] | None = None,
 ) -> ClusterSummary:
-    """Group the failures by their global key and describe each cluster as triage does."""
+    """Describe each cluster as triage does, from (failure, facts, cluster key) rows; holds one
+    entry per cluster and test, not per failure."""
     clusters: dict[str, _Cluster] = {}
-    hashes: dict[str, str] = {}
-
-    def hashed(text: str) -> str:
-        digest = hashes.get(text)
-        if digest is None:
-            digest = hashes[text] = key_hash(text)
-        return digest
-
-    members: dict[str, list] = {c: [] for c in ("key_hash", "path", "job", "number", "name", "seq", "started",
-                                                 "flaky", "local_key_hash")}
-    for failure, facts in failures:
-        local = clustering.local_key[failure.fid]
-        key = clustering.global_key[(failure.test, local)]
-        for column, value in (("key_hash", hashed(key)), ("path", failure.build), ("job", facts.job),
-                              ("number", facts.number), ("name", failure.test), ("seq", failure.fid[-1]),
-                              ("started", facts.started), ("flaky", facts.flaky), ("local_key_hash", hashed(local))):
-            members[column].append(value)
+    for failure, facts, key in rows:
         cluster = clusters.get(key)
         if cluster is None:
             cluster = clusters[key] = _Cluster(key)
         cluster.failures += 1
         cluster.flaky += facts.flaky
-        cluster.tests.setdefault(failure.test, []).append((facts.job, facts.number, failure.build))
+        per_test = cluster.tests.get(failure.test)
+        if per_test is None:
+            per_test = cluster.tests[failure.test] = [0, {}]
+        per_test[0] += 1
+        build = builds.get(failure.build)
+        if build is not None and build.number is not None:  # triage lists only known, numbered builds
+            per_test[1].setdefault(build.job, set()).add(build.number)
         tokens = set(span_tokens(failure.text))
         cluster.common = tokens if cluster.common is None else cluster.common & tokens
-        order = (failure.build, str(failure.fid))
+        order = (facts.started, failure.build, str(failure.fid))
         first = cluster.first.get(failure.test)
         if first is None or order < first[0]:
             cluster.first[failure.test] = (order, failure.text)
@@ -111,7 +100,9 @@ def summarize(
         else:
             cluster.started = [min(cluster.started[0], facts.started), max(cluster.started[1], facts.started)]
         day = datetime.fromtimestamp(facts.started, tz=timezone.utc).date().isoformat()
-        counts = cluster.days.setdefault(day, [0, 0, set(), set(), set()])
+        counts = cluster.days.get(day)
+        if counts is None:
+            counts = cluster.days[day] = [0, 0, set(), set(), set()]
         counts[0] += 1
         counts[1] += facts.flaky
         counts[2].add(failure.build)
@@ -119,34 +110,40 @@ def summarize(
         counts[4].add(facts.job)
 
     owner_of = _owner_matcher(owners or {})
-    latest = max((b.started for b in builds.values() if b.started and b.number is not None), default=0)
+    numbered = {(b.job, b.number): b for b in builds.values() if b.number is not None}
+    latest = max((b.started for b in numbered.values() if b.started), default=0)
     out, days = [], []
     for cluster in sorted(clusters.values(), key=lambda c: (-c.failures, c.key)):
-        tests = sorted(cluster.tests.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        tests = sorted(cluster.tests.items(), key=lambda kv: (-kv[1][0], kv[0]))
         text = cluster.first[tests[0][0]][1]
         entry = {
             "key": cluster.key,
             "id": cluster_id(ngram_counts(cluster.key)),
             "text": text,
             "spans": common_spans(text, cluster.common or set()),
-            "tests": [{"name": name, "jobs": _group_by_job(hits, builds)} for name, hits in tests],
-            "owner": _owner(tests, owner_of, builds, latest - 86400),
+            "tests": [{"name": name, "jobs": _jobs(jobs)} for name, (_, jobs) in tests],
+            "owner": _owner(tests, owner_of, numbered, latest - 86400),
             "failures": cluster.failures,
             "flaky_failures": cluster.flaky,
             "first_seen": cluster.started[0],
             "last_seen": cluster.started[1],
-            "key_hash": hashed(cluster.key),
+            "key_hash": key_hash(cluster.key),
         }
         out.append(entry)
         for day, (n, flaky, blds, tsts, jbs) in sorted(cluster.days.items()):
             days.append({"key_hash": entry["key_hash"], "cluster_id": entry["id"], "day": day, "failures": n,
                          "flaky_failures": flaky, "builds": len(blds), "tests": len(tsts), "jobs": len(jbs)})
-    test_keys: dict[str, list] = {"name": [], "local_key_hash": [], "local_key": [], "key_hash": []}
+    return ClusterSummary(clusters=out, days=days)
+
+
+def test_key_rows(clustering: Clustering) -> dict[str, list]:
+    """Each test's own keys with their cluster's key hash (columns): the state a next run needs."""
+    rows: dict[str, list] = {"name": [], "local_key_hash": [], "local_key": [], "key_hash": []}
     for (test, local), key in sorted(clustering.global_key.items()):
-        for column, value in (("name", test), ("local_key_hash", hashed(local)), ("local_key", local),
-                              ("key_hash", hashed(key))):
-            test_keys[column].append(value)
-    return ClusterSummary(clusters=out, days=days, failures=members, test_keys=test_keys)
+        for column, value in (("name", test), ("local_key_hash", key_hash(local)), ("local_key", local),
+                              ("key_hash", key_hash(key))):
+            rows[column].append(value)
+    return rows
 
 
 def key_hash(key: str) -> str:
@@ -154,16 +151,9 @@ def key_hash(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _group_by_job(hits: list[tuple[str, int | None, str]], builds: dict[str, Build]) -> list[dict]:
-    """{job, builds} per job, build numbers (as strings) descending, jobs by builds desc then name;
-    failures of builds unknown to `builds` or without a number are left out, as triage does."""
-    groups: dict[str, set[int]] = {}
-    for _job, _number, path in hits:
-        build = builds.get(path)
-        if build is None or build.number is None:
-            continue
-        groups.setdefault(build.job, set()).add(build.number)
-    ordered = sorted(((job, sorted(numbers, reverse=True)) for job, numbers in groups.items()),
+def _jobs(jobs: dict[str, set[int]]) -> list[dict]:
+    """{name, builds} per job, build numbers (as strings) descending, jobs by builds desc then name."""
+    ordered = sorted(((job, sorted(numbers, reverse=True)) for job, numbers in jobs.items()),
                      key=lambda jn: (-len(jn[1]), jn[0]))
     return [{"name": job, "builds": [str(n) for n in numbers]} for job, numbers in ordered]
 
@@ -188,7 +178,7 @@ def _owner_matcher(owners: dict[str, list[str]]):
     return owner_of
 
 
-def _owner(tests, owner_of, builds: dict[str, Build], since: int) -> str:
+def _owner(tests, owner_of, numbered: dict[tuple[str, int], Build], since: int) -> str:
     """The SIG whose tests failed most in the last day (then before it), from `[sig-x]` in the test
     name or an owners file's prefixes; `testing` when none is known."""
     counts: dict[str, list[int]] = {}
@@ -198,62 +188,74 @@ def _owner(tests, owner_of, builds: dict[str, Build], since: int) -> str:
         if owner is None:
             continue
         tally = counts.setdefault(owner, [0, 0])
-        for job, _number, path in hits:
+        for job, numbers in hits[1].items():
             if ":" in job:  # not a standard CI job, as triage skips them
                 continue
-            build = builds.get(path)
-            if build is None or build.number is None:
-                continue
-            tally[0 if (build.started or 0) > since else 1] += 1
+            for number in numbers:
+                tally[0 if (numbered[(job, number)].started or 0) > since else 1] += 1
     if not counts:
         return DEFAULT_OWNER
     return max(counts.items(), key=lambda oc: (oc[1], oc[0]))[0]
 
 
+class BuildColumns:
+    """triage's columnar builds, each job's block computed once so that the 256 slices (each a
+    subset of the jobs) are concatenations rather than re-sorts."""
+
+    def __init__(self, builds: Iterable[Build]):
+        by_job: dict[str, list[Build]] = {}
+        for build in builds:
+            if build.number is not None and build.started:
+                by_job.setdefault(build.job, []).append(build)
+        self._blocks = {}
+        for job, job_builds in by_job.items():
+            job_builds.sort(key=lambda b: (b.number, b.path))
+            columns = {c: [getattr(b, c) for b in job_builds] for c in BUILD_COLUMNS}
+            numbers: dict[int, int] = {}
+            for offset, build in enumerate(job_builds):
+                numbers[build.number] = offset  # a repeated number keeps its last build, as triage does
+            self._blocks[job] = (columns, numbers, job_builds[0].path[: job_builds[0].path.rindex("/")])
+
+    def render(self, jobs: Iterable[str] | None = None) -> dict:
+        """per job build number -> column index (or `[first, count, first index]` when the numbers
+        are consecutive), the columns, and each job's folder; jobs in name order."""
+        names = sorted(self._blocks if jobs is None else (j for j in jobs if j in self._blocks))
+        cols: dict[str, list] = {c: [] for c in BUILD_COLUMNS}
+        out_jobs: dict[str, object] = {}
+        job_paths: dict[str, str] = {}
+        for job in names:
+            columns, numbers, folder = self._blocks[job]
+            base = len(cols["started"])
+            for c in BUILD_COLUMNS:
+                cols[c].extend(columns[c])
+            ordered = sorted(numbers)
+            dense = ordered[-1] == ordered[0] + len(ordered) - 1 and all(
+                numbers[number] == n for n, number in enumerate(ordered))
+            out_jobs[job] = [ordered[0], len(ordered), base] if dense else {str(n): base + i for n, i in numbers.items()}
+            job_paths[job] = folder
+        return {"jobs": out_jobs, "cols": cols, "job_paths": job_paths}
+
+
 def builds_to_columns(builds: Iterable[Build]) -> dict:
-    """triage's columnar builds: per job build number -> column index (or `[first, count, first
-    index]` when the numbers are consecutive), the columns, and each job's folder."""
-    jobs: dict[str, dict[int, int]] = {}
-    cols: dict[str, list] = {c: [] for c in BUILD_COLUMNS}
-    job_paths: dict[str, str] = {}
-    for build in sorted((b for b in builds if b.number is not None and b.started),
-                        key=lambda b: (b.job, b.number, b.path)):
-        index = len(cols["started"])
-        for column in BUILD_COLUMNS:
-            cols[column].append(getattr(build, column))
-        numbers = jobs.setdefault(build.job, {})
-        if not numbers:
-            job_paths[build.job] = build.path[: build.path.rindex("/")]
-        numbers[build.number] = index
-    out_jobs: dict[str, object] = {}
-    for job, indexes in jobs.items():
-        numbers = sorted(indexes)
-        base = indexes[numbers[0]]
-        dense = numbers[-1] == numbers[0] + len(numbers) - 1 and all(
-            indexes[number] == base + n for n, number in enumerate(numbers))
-        out_jobs[job] = [numbers[0], len(numbers), base] if dense else indexes
-    return {"jobs": out_jobs, "cols": cols, "job_paths": job_paths}
+    return BuildColumns(builds).render()
 
 
 TRIAGE_FIELDS = ("key", "id", "text", "spans", "tests", "owner")
 
 
-def failure_data(summary: ClusterSummary, builds: dict[str, Build]) -> dict:
+def failure_data(summary: ClusterSummary, builds: BuildColumns) -> dict:
     """triage's `failure_data.json`: clusters of more than one failure, and all the builds."""
     clustered = [{f: c[f] for f in TRIAGE_FIELDS} for c in summary.clusters if c["failures"] > 1]
-    return {"clustered": clustered, "builds": builds_to_columns(builds.values())}
+    return {"clustered": clustered, "builds": builds.render()}
 
 
-def slices(data: dict, builds: dict[str, Build]) -> Iterator[tuple[str, dict]]:
+def slices(data: dict, builds: BuildColumns) -> Iterator[tuple[str, dict]]:
     """triage's slices: `00`..`ff` by id prefix, then `sig-<owner>` for every owner present (and
     `testing`); each with the builds of the jobs its clusters name."""
-    by_job: dict[str, list[Build]] = {}
-    for build in builds.values():
-        by_job.setdefault(build.job, []).append(build)
 
     def one(clusters: list[dict]) -> dict:
-        jobs = sorted({job["name"] for c in clusters for t in c["tests"] for job in t["jobs"]})
-        return {"clustered": clusters, "builds": builds_to_columns(b for j in jobs for b in by_job.get(j, ()))}
+        jobs = {job["name"] for c in clusters for t in c["tests"] for job in t["jobs"]}
+        return {"clustered": clusters, "builds": builds.render(jobs)}
 
     by_prefix: dict[str, list[dict]] = {}
     by_owner: dict[str, list[dict]] = {DEFAULT_OWNER: []}
@@ -268,5 +270,5 @@ def slices(data: dict, builds: dict[str, Build]) -> Iterator[tuple[str, dict]]:
 
 
 def dumps(data: dict) -> bytes:
-    """Bytes as triage writes them (sorted keys), so the same clusters give the same file."""
-    return json.dumps(data, sort_keys=True).encode("utf-8")
+    """Compact JSON with sorted keys: the same clusters give the same bytes."""
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from ..core.clustering import Failure, Previous
+from ..core.clustering import Failure
 from ..core.triage_output import Build, FailureFacts
 from .warehouse import DuckDBWarehouse, Warehouse
 
@@ -67,16 +67,28 @@ class ClusterTables:
                epoch(w.started)::BIGINT AS started, p.job IS NOT NULL AS flaky
         FROM w LEFT JOIN passed p ON p.job = w.job AND p."commit" = w."commit" AND p.name = w.name
         WHERE w.failed AND w.name IS NOT NULL AND w.started IS NOT NULL
-        ORDER BY w.path, w.name, seq
     """
+    ORDER = "ORDER BY f.name, f.started, f.path, f.seq"
 
-    def failures(self, window: Window) -> Iterator[tuple[Failure, FailureFacts]]:
-        """The window's failed tests, in (build path, test, ordinal) order, streamed in batches."""
+    def _present(self, conn) -> set[str]:
+        return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+    def failures(self, window: Window, previous: dict[tuple[str, str], str] | None = None
+                 ) -> Iterator[tuple[Failure, FailureFacts]]:
+        """The window's failed tests in stream order (test, started, build path, ordinal), each with
+        the local key `previous` (keyed by (test, local key hash)) gave it, in batches."""
         with self.warehouse.duckdb.get_connection() as conn:
-            result = conn.execute(self._FAILED, window.params())
+            if previous and {FAILURES} <= self._present(conn):
+                sql = (f"SELECT f.*, m.local_key_hash FROM ({self._FAILED}) f LEFT JOIN {FAILURES} m "
+                       f"ON m.path = f.path AND m.name = f.name AND m.seq = f.seq {self.ORDER}")
+            else:
+                sql = f"SELECT f.*, NULL AS local_key_hash FROM ({self._FAILED}) f {self.ORDER}"
+            result = conn.execute(sql, window.params())
+            previous = previous or {}
             while rows := result.fetchmany(BATCH_ROWS):
-                for path, name, seq, text, job, number, started, flaky in rows:
-                    yield (Failure((path, name, seq), name, path, text),
+                for path, name, seq, text, job, number, started, flaky, local_hash in rows:
+                    kept = previous.get((name, local_hash)) if local_hash is not None else None
+                    yield (Failure((path, name, seq), name, path, text, started, kept),
                            FailureFacts(job=job, number=number, started=started, flaky=flaky))
 
     def builds(self, window: Window) -> dict[str, Build]:
@@ -93,34 +105,42 @@ class ClusterTables:
             ).fetchall()
         return {r[0]: Build(*r) for r in rows}
 
-    def previous(self) -> Previous | None:
-        """The last run's decisions, or None when there is none."""
+    def previous(self) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]] | None:
+        """The last run's keys: (test, local key hash) -> local key, and (test, local key) -> its
+        cluster's key; None when there is no last run."""
         with self.warehouse.duckdb.get_connection() as conn:
-            present = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-            if not {CLUSTERS, FAILURES, TEST_KEYS} <= present:
+            if not {CLUSTERS, FAILURES, TEST_KEYS} <= self._present(conn):
                 return None
-            keys = {}
-            previous = Previous()
+            local, cluster = {}, {}
             for name, local_hash, local_key, cluster_key in conn.execute(
-                f"""SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key
-                    FROM {TEST_KEYS} k JOIN {CLUSTERS} c USING (key_hash)"""
+                f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key FROM {TEST_KEYS} k JOIN {CLUSTERS} c USING (key_hash)"
             ).fetchall():
-                keys[(name, local_hash)] = local_key
-                previous.global_key[(name, local_key)] = cluster_key
-            result = conn.execute(f"SELECT path, name, seq, local_key_hash FROM {FAILURES}")
-            while rows := result.fetchmany(BATCH_ROWS):
-                for path, name, seq, local_hash in rows:
-                    key = keys.get((name, local_hash))
-                    if key is not None:
-                        previous.local_key[(path, name, seq)] = key
-        return previous
+                local[(name, local_hash)] = local_key
+                cluster[(name, local_key)] = cluster_key
+        return local, cluster
 
-    def replace(self, clusters: pa.Table, failures: pa.Table, days: pa.Table, test_keys: pa.Table) -> None:
-        """Replace the four tables in one transaction."""
+    def replace(self, window: Window, assignments: pa.Table, keys: pa.Table, clusters: pa.Table,
+                days: pa.Table, test_keys: pa.Table) -> None:
+        """Replace the four tables in one transaction. `assignments` (i, local_id) gives the local
+        key of the i-th failure in stream order; `keys` (local_id, local_key_hash, key_hash,
+        cluster_id) its cluster."""
         with self.warehouse.duckdb.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                for name, table in ((CLUSTERS, clusters), (FAILURES, failures), (DAYS, days), (TEST_KEYS, test_keys)):
+                conn.register("assignments", assignments)
+                conn.register("local_keys", keys)
+                conn.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE new_failures AS
+                        SELECT k.key_hash, k.cluster_id, f.path, f.job, f.number, f.name, f.seq,
+                               make_timestamp(f.started * 1000000) AS started, f.flaky, k.local_key_hash
+                        FROM (SELECT *, row_number() OVER ({self.ORDER.replace('f.', '')}) - 1 AS i
+                              FROM ({self._FAILED})) f
+                        JOIN assignments a ON a.i = f.i JOIN local_keys k ON k.local_id = a.local_id""",
+                    window.params(),
+                )
+                conn.execute(f"CREATE OR REPLACE TABLE {FAILURES} AS SELECT * FROM new_failures")
+                conn.execute("DROP TABLE new_failures")
+                for name, table in ((CLUSTERS, clusters), (DAYS, days), (TEST_KEYS, test_keys)):
                     conn.register("incoming", table)
                     conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM incoming")
                     conn.unregister("incoming")
