@@ -108,7 +108,9 @@ def stage(name: str, failures: int, workdir: Path) -> dict:
 def one_scale(failures: int, workdir: Path) -> dict:
     def run(name: str) -> dict:
         out = subprocess.run([sys.executable, __file__, "--failures", str(failures), "--stage", name,
-                              "--workdir", str(workdir)], check=True, capture_output=True, text=True)
+                              "--workdir", str(workdir)], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"stage {name} failed:\n{out.stderr[-4000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     loaded = run("load")

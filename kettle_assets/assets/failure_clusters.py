@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from ..core.clustering import ClusterOptions, cluster_stream
 from ..core.triage_output import BuildColumns, dumps, failure_data, key_hash, slices, summarize, test_key_rows
+from ..core.triage_text import cluster_id, ngram_counts
 from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window
 from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
@@ -81,18 +82,17 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     if not config.full and staging.read_marker(OPTIONS_MARKER) == fingerprint:
         previous = tables.previous()
     local_by_hash, previous_global = previous or ({}, {})
+    chunks = tables.test_chunks(window)
     started = time.monotonic()
-    clustering = cluster_stream((f for f, _ in tables.failures(window, local_by_hash)), previous_global, options)
+    clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash)), previous_global, options)
     clustered_seconds = time.monotonic() - started
     builds = tables.builds(window)
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
-    cluster_keys = [clustering.global_key[local] for local in clustering.local_keys]
-    rows = ((f, facts, cluster_keys[i]) for (f, facts), i in zip(tables.failures(window), clustering.local_ids))
-    summary = summarize(rows, builds, owners)
+    membership = _Membership(tables, clustering)
+    summary = summarize(membership.rows(tables.failures(window, chunks)), builds, owners)
     columns = BuildColumns(builds.values())
     data = failure_data(summary, columns)
 
-    ids = {c["key_hash"]: c["id"] for c in summary.clusters}
     cluster_cols = ["id", "key_hash", "key", "text", "owner", "failures", "flaky_failures", "first_seen", "last_seen"]
     clusters = _columns(summary.clusters, cluster_cols)
     clusters["tests"] = [len(c["tests"]) for c in summary.clusters]
@@ -105,16 +105,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
                                                    "builds", "tests", "jobs"]))
     days_table = days_table.set_column(2, "day", pa.array([date.fromisoformat(d) for d in days_table["day"].to_pylist()],
                                                           pa.date32()))
-    key_hashes = [key_hash(k) for k in cluster_keys]
-    keys_table = pa.table({
-        "local_id": pa.array(range(len(clustering.local_keys)), pa.int32()),
-        "local_key_hash": [key_hash(key) for _, key in clustering.local_keys],
-        "key_hash": key_hashes,
-        "cluster_id": [ids[h] for h in key_hashes],
-    })
-    assignments = pa.table({"i": pa.array(range(len(clustering.local_ids)), pa.int64()),
-                            "local_id": pa.array(clustering.local_ids, pa.int32())})
-    tables.replace(window, assignments, keys_table, clusters_table, days_table, pa.table(test_key_rows(clustering)))
+    tables.replace(clusters_table, days_table, pa.table(test_key_rows(clustering)))
     staging.write_marker(OPTIONS_MARKER, fingerprint)
     sizes = write_triage_files(staging.export_dir / "triage", data, columns)
     failures_total = len(clustering.local_ids)
@@ -148,6 +139,40 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
                 ["id", "failures", "flaky", "owner", "key"])),
         }
     )
+
+
+class _Membership:
+    """Each failure with its cluster key, for the summary, while its row of
+    `failure_cluster_failures` is written in batches (never the whole window in memory)."""
+
+    COLUMNS = ("key_hash", "cluster_id", "path", "job", "number", "name", "seq", "started", "flaky", "local_key_hash")
+
+    def __init__(self, tables: ClusterTables, clustering):
+        self.tables = tables
+        self.clustering = clustering
+        cluster_keys = [clustering.global_key[local] for local in clustering.local_keys]
+        hashes, ids = {}, {}
+        for key in cluster_keys:
+            if key not in hashes:
+                hashes[key] = key_hash(key)
+                ids[key] = cluster_id(ngram_counts(key))
+        self.cluster_keys = cluster_keys
+        self.by_local = [(hashes[k], ids[k], key_hash(local)) for k, (_, local) in zip(cluster_keys, clustering.local_keys)]
+
+    def rows(self, failures):
+        self.tables.start_failures_table()
+        batch = {c: [] for c in self.COLUMNS}
+        for (failure, facts), local_id in zip(failures, self.clustering.local_ids, strict=True):
+            hashed, cid, local_hash = self.by_local[local_id]
+            for column, value in zip(self.COLUMNS, (hashed, cid, failure.build, facts.job, facts.number, failure.test,
+                                                    failure.fid[-1], facts.started, facts.flaky, local_hash)):
+                batch[column].append(value)
+            if len(batch["path"]) == 20_000:
+                self.tables.append_failures(pa.table(batch))
+                batch = {c: [] for c in self.COLUMNS}
+            yield failure, facts, self.cluster_keys[local_id]
+        if batch["path"]:
+            self.tables.append_failures(pa.table(batch))
 
 
 def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:

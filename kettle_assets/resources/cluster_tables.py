@@ -53,11 +53,11 @@ class ClusterTables:
         with self.warehouse.duckdb.get_connection() as conn:
             return conn.execute("SELECT max(started)::DATE FROM test_results WHERE failed").fetchone()[0]
 
-    _FAILED = """
+    _WINDOW = """started >= $first AND started < $last + INTERVAL 1 DAY
+                  AND NOT list_contains($excluded, coalesce(job, ''))"""
+    _FAILED = f"""
         WITH w AS (
-            SELECT * FROM test_results
-            WHERE started >= $first AND started < $last + INTERVAL 1 DAY
-              AND NOT list_contains($excluded, coalesce(job, ''))
+            SELECT * FROM test_results WHERE {_WINDOW} AND name BETWEEN $lo AND $hi
         ), passed AS (
             SELECT DISTINCT job, "commit", name FROM w WHERE NOT failed AND "commit" IS NOT NULL
         )
@@ -66,30 +66,63 @@ class ClusterTables:
                coalesce(w.failure_text, '') AS failure_text, coalesce(w.job, '') AS job, w.number,
                epoch(w.started)::BIGINT AS started, p.job IS NOT NULL AS flaky
         FROM w LEFT JOIN passed p ON p.job = w.job AND p."commit" = w."commit" AND p.name = w.name
-        WHERE w.failed AND w.name IS NOT NULL AND w.started IS NOT NULL
+        WHERE w.failed AND w.started IS NOT NULL
     """
     ORDER = "ORDER BY f.name, f.started, f.path, f.seq"
 
     def _present(self, conn) -> set[str]:
         return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
-    def failures(self, window: Window, previous: dict[tuple[str, str], str] | None = None
+    def test_chunks(self, window: Window, rows: int = BATCH_ROWS) -> list[tuple[str, str]]:
+        """Ranges of test names of about `rows` failures each (a test is never split): each range
+        is read and sorted on its own, so memory follows the chunk, not the window."""
+        with self.warehouse.duckdb.get_connection() as conn:
+            counts = conn.execute(
+                f"SELECT name, count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NOT NULL "
+                "GROUP BY name ORDER BY name", window.params()).fetchall()
+        chunks, lo, size = [], None, 0
+        for name, n in counts:
+            lo = name if lo is None else lo
+            size += n
+            if size >= rows:
+                chunks.append((lo, name))
+                lo, size = None, 0
+        if lo is not None:
+            chunks.append((lo, counts[-1][0]))
+        return chunks
+
+    def failures(self, window: Window, chunks: list[tuple[str, str]], previous: dict[tuple[str, str], str] | None = None
                  ) -> Iterator[tuple[Failure, FailureFacts]]:
         """The window's failed tests in stream order (test, started, build path, ordinal), each with
-        the local key `previous` (keyed by (test, local key hash)) gave it, in batches."""
+        the local key `previous` (keyed by (test, local key hash)) gave it."""
         with self.warehouse.duckdb.get_connection() as conn:
             if previous and {FAILURES} <= self._present(conn):
                 sql = (f"SELECT f.*, m.local_key_hash FROM ({self._FAILED}) f LEFT JOIN {FAILURES} m "
                        f"ON m.path = f.path AND m.name = f.name AND m.seq = f.seq {self.ORDER}")
             else:
                 sql = f"SELECT f.*, NULL AS local_key_hash FROM ({self._FAILED}) f {self.ORDER}"
-            result = conn.execute(sql, window.params())
             previous = previous or {}
-            while rows := result.fetchmany(BATCH_ROWS):
-                for path, name, seq, text, job, number, started, flaky, local_hash in rows:
-                    kept = previous.get((name, local_hash)) if local_hash is not None else None
-                    yield (Failure((path, name, seq), name, path, text, started, kept),
-                           FailureFacts(job=job, number=number, started=started, flaky=flaky))
+            for lo, hi in chunks:
+                result = conn.execute(sql, {**window.params(), "lo": lo, "hi": hi})
+                while rows := result.fetchmany(BATCH_ROWS):
+                    for path, name, seq, text, job, number, started, flaky, local_hash in rows:
+                        kept = previous.get((name, local_hash)) if local_hash is not None else None
+                        yield (Failure((path, name, seq), name, path, text, started, kept),
+                               FailureFacts(job=job, number=number, started=started, flaky=flaky))
+
+    def start_failures_table(self) -> None:
+        """The next `failure_cluster_failures`, filled by `append_failures` and swapped in by `replace`."""
+        with self.warehouse.duckdb.get_connection() as conn:
+            conn.execute(f"""CREATE OR REPLACE TABLE {FAILURES}_next (key_hash VARCHAR, cluster_id VARCHAR,
+                             path VARCHAR, job VARCHAR, number BIGINT, name VARCHAR, seq BIGINT, started TIMESTAMP,
+                             flaky BOOLEAN, local_key_hash VARCHAR)""")
+
+    def append_failures(self, batch: pa.Table) -> None:
+        with self.warehouse.duckdb.get_connection() as conn:
+            conn.register("incoming", batch)
+            conn.execute(f"""INSERT INTO {FAILURES}_next SELECT key_hash, cluster_id, path, job, number, name, seq,
+                             make_timestamp(started * 1000000), flaky, local_key_hash FROM incoming""")
+            conn.unregister("incoming")
 
     def builds(self, window: Window) -> dict[str, Build]:
         """The builds started in the window, as triage's `builds` file lists them."""
@@ -119,27 +152,14 @@ class ClusterTables:
                 cluster[(name, local_key)] = cluster_key
         return local, cluster
 
-    def replace(self, window: Window, assignments: pa.Table, keys: pa.Table, clusters: pa.Table,
-                days: pa.Table, test_keys: pa.Table) -> None:
-        """Replace the four tables in one transaction. `assignments` (i, local_id) gives the local
-        key of the i-th failure in stream order; `keys` (local_id, local_key_hash, key_hash,
-        cluster_id) its cluster."""
+    def replace(self, clusters: pa.Table, days: pa.Table, test_keys: pa.Table) -> None:
+        """Swap in the failures written since `start_failures_table` and replace the other three
+        tables, in one transaction."""
         with self.warehouse.duckdb.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.register("assignments", assignments)
-                conn.register("local_keys", keys)
-                conn.execute(
-                    f"""CREATE OR REPLACE TEMP TABLE new_failures AS
-                        SELECT k.key_hash, k.cluster_id, f.path, f.job, f.number, f.name, f.seq,
-                               make_timestamp(f.started * 1000000) AS started, f.flaky, k.local_key_hash
-                        FROM (SELECT *, row_number() OVER ({self.ORDER.replace('f.', '')}) - 1 AS i
-                              FROM ({self._FAILED})) f
-                        JOIN assignments a ON a.i = f.i JOIN local_keys k ON k.local_id = a.local_id""",
-                    window.params(),
-                )
-                conn.execute(f"CREATE OR REPLACE TABLE {FAILURES} AS SELECT * FROM new_failures")
-                conn.execute("DROP TABLE new_failures")
+                conn.execute(f"DROP TABLE IF EXISTS {FAILURES}")
+                conn.execute(f"ALTER TABLE {FAILURES}_next RENAME TO {FAILURES}")
                 for name, table in ((CLUSTERS, clusters), (DAYS, days), (TEST_KEYS, test_keys)):
                     conn.register("incoming", table)
                     conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM incoming")
