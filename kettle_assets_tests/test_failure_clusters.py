@@ -16,7 +16,8 @@ import pytest
 from dagster_duckdb import DuckDBResource
 
 from kettle_assets.assets.failure_clusters import failure_clusters
-from kettle_assets.core.clustering import ClusterOptions, Failure, Previous, cluster_failures, pairwise_agreement
+from kettle_assets.core.clustering import (
+    ClusterOptions, Failure, Previous, cluster_failures, cluster_stream, failure_order, pairwise_agreement)
 from kettle_assets.core.triage_text import cluster_id, common_spans, ngram_counts, normalize, normalize_name
 from kettle_assets.resources.staging import StagingStore
 from kettle_assets.resources.warehouse import DuckDBWarehouse
@@ -324,3 +325,11 @@ def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
         after = dict(conn.execute("SELECT key_hash, cluster_id FROM failure_clusters").fetchall())
     assert all(after[k] == before[k] for k in before.keys() & after.keys())
     assert len(before.keys() & after.keys()) >= 0.9 * len(before)
+
+
+def test_normalising_in_worker_processes_gives_the_same_clustering():
+    corpus = _corpus_module().generate(3000, days=2, seed=5)
+    fs = sorted((Failure((f.path, f.test, 0), f.test, f.path, f.text, f.started) for f in corpus), key=failure_order)
+    one = cluster_stream(fs, workers=1)
+    two = cluster_stream(fs, workers=2)
+    assert list(two.local_ids) == list(one.local_ids) and two.global_key == one.global_key

@@ -26,6 +26,7 @@ from ..resources.warehouse import Warehouse
 from .common import WAREHOUSE_GROUP, md_table
 
 OPTIONS_MARKER = "failure_clusters.options"
+PARALLEL_FROM = 20_000  # failures in the window from which normalising is worth worker processes
 
 
 class FailureClustersConfig(dg.Config):
@@ -35,6 +36,7 @@ class FailureClustersConfig(dg.Config):
     rules: str = "python"  # normalisation rules: python (triage's default) or go (its later ones)
     max_distance_checks: int = 1000  # exact edit distances per text before it founds its own cluster
     full: bool = False  # cluster the whole window from scratch
+    workers: int = 2  # processes normalising text when there are many failures (the result is the same)
     owners_file: Optional[str] = None  # JSON {sig: [test name prefixes]}, as triage's --owners
 
 
@@ -83,8 +85,10 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
         previous = tables.previous()
     local_by_hash, previous_global = previous or ({}, {})
     chunks = tables.test_chunks(window)
+    workers = config.workers if sum(n for _, _, n in chunks) >= PARALLEL_FROM else 1
     started = time.monotonic()
-    clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash)), previous_global, options)
+    clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash)), previous_global,
+                                options, workers)
     clustered_seconds = time.monotonic() - started
     builds = tables.builds(window)
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
@@ -101,11 +105,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     clusters_table = pa.table(clusters).rename_columns(
         ["cluster_id", "key_hash", "cluster_key", *cluster_cols[3:], "tests", "jobs", "in_triage"])
     clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
-    days_table = pa.table(_columns(summary.days, ["key_hash", "cluster_id", "day", "failures", "flaky_failures",
-                                                   "builds", "tests", "jobs"]))
-    days_table = days_table.set_column(2, "day", pa.array([date.fromisoformat(d) for d in days_table["day"].to_pylist()],
-                                                          pa.date32()))
-    tables.replace(clusters_table, days_table, pa.table(test_key_rows(clustering)))
+    tables.replace(clusters_table, pa.table(test_key_rows(clustering)))
     staging.write_marker(OPTIONS_MARKER, fingerprint)
     sizes = write_triage_files(staging.export_dir / "triage", data, columns)
     failures_total = len(clustering.local_ids)

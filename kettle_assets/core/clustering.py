@@ -13,13 +13,17 @@ new failures are matched, first against their test's keys and then against the g
 from __future__ import annotations
 
 from array import array
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from multiprocessing import get_context
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, NamedTuple
+from typing import Hashable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from .triage_text import NGRAM_BUCKETS, RULES, ngram_counts, normalize
+from .triage_text import NGRAM_BUCKETS, RULES, ngram_counts, normalize, normalize_all
 
 MATCH_FRACTION = 0.10
 GLOBAL_ORDERS = ("first_seen", "size")
@@ -178,16 +182,50 @@ def failure_order(failure: Failure) -> tuple:
     return (failure.test, failure.started, failure.build, str(failure.fid))
 
 
+NORMALIZE_CHUNK = 2000
+
+
+def _normalized(failures: Iterable[Failure], previous_global: dict, rules: str, workers: int
+                ) -> Iterator[tuple[Failure, str | None, str | None]]:
+    """(failure, kept key or None, normalised text or None) in stream order. With workers > 1 the
+    texts are normalised in a process pool a chunk at a time, a few chunks ahead, order kept."""
+
+    def tagged(failure: Failure) -> tuple[Failure, str | None]:
+        kept = failure.kept_key if (failure.test, failure.kept_key) in previous_global else None
+        return failure, kept
+
+    if workers <= 1:
+        for failure, kept in map(tagged, failures):
+            yield failure, kept, None if kept is not None else normalize(failure.text, rules)
+        return
+
+    def emit(chunk, future):
+        texts = iter(future.result())
+        for failure, kept in chunk:
+            yield failure, kept, None if kept is not None else next(texts)
+
+    stream = map(tagged, failures)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending: deque = deque()
+        while chunk := list(islice(stream, NORMALIZE_CHUNK)):
+            texts = [failure.text for failure, kept in chunk if kept is None]
+            pending.append((chunk, pool.submit(normalize_all, texts, rules)))
+            if len(pending) > 2 * workers:
+                yield from emit(*pending.popleft())
+        while pending:
+            yield from emit(*pending.popleft())
+
+
 def cluster_stream(
     failures: Iterable[Failure], previous_global: dict[tuple[str, str], str] | None = None,
-    options: ClusterOptions = ClusterOptions(),
+    options: ClusterOptions = ClusterOptions(), workers: int = 1,
 ) -> Clustering:
     """Local then global clustering of a stream of failures in `failure_order`.
 
     A failure whose `kept_key` (its local key in the previous run) is still a local key of the
     previous run keeps it; the others are matched. Memory is the keys and one test's failures, not
     the window: each failure's local key comes back as an index into `local_keys`, one int per
-    failure, in stream order.
+    failure, in stream order. `workers` > 1 normalises in that many processes (same result).
     """
     previous_global = previous_global or {}
     result = Clustering()
@@ -216,18 +254,17 @@ def cluster_stream(
             result.local_ids.append(ids[key])
 
     test, batch = None, []
-    for failure in failures:
+    for failure, kept, text in _normalized(failures, previous_global, options.rules, workers):
         if failure.test != test:
             if batch:
                 flush(test, batch)
             test, batch = failure.test, []
-        kept = failure.kept_key if (failure.test, failure.kept_key) in previous_global else None
         if kept is not None:
             result.kept_failures += 1
             batch.append((failure._replace(text=""), kept))
         else:
             result.new_failures += 1
-            batch.append((failure._replace(text=normalize(failure.text, options.rules)), None))
+            batch.append((failure._replace(text=text), None))
     if batch:
         flush(test, batch)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 import orjson
@@ -49,7 +48,7 @@ class FailureFacts:
 
 
 class _Cluster:
-    __slots__ = ("key", "failures", "tests", "common", "first", "started", "flaky", "days")
+    __slots__ = ("key", "failures", "tests", "common", "first", "started", "flaky")
 
     def __init__(self, key: str):
         self.key = key
@@ -59,13 +58,11 @@ class _Cluster:
         self.first: dict[str, tuple[tuple, str]] = {}  # test -> ((started, build, fid), raw text)
         self.started: list[int] = [0, 0]
         self.flaky = 0
-        self.days: dict[str, list] = {}  # day -> [failures, flaky, builds set, tests set, jobs set]
 
 
 @dataclass
 class ClusterSummary:
     clusters: list[dict]  # triage's `clustered` entries plus counts, singletons included
-    days: list[dict]  # one row per cluster and UTC day
 
 
 def summarize(
@@ -99,20 +96,11 @@ def summarize(
             cluster.started = [facts.started, facts.started]
         else:
             cluster.started = [min(cluster.started[0], facts.started), max(cluster.started[1], facts.started)]
-        day = datetime.fromtimestamp(facts.started, tz=timezone.utc).date().isoformat()
-        counts = cluster.days.get(day)
-        if counts is None:
-            counts = cluster.days[day] = [0, 0, set(), set(), set()]
-        counts[0] += 1
-        counts[1] += facts.flaky
-        counts[2].add(failure.build)
-        counts[3].add(failure.test)
-        counts[4].add(facts.job)
 
     owner_of = _owner_matcher(owners or {})
     numbered = {(b.job, b.number): b for b in builds.values() if b.number is not None}
     latest = max((b.started for b in numbered.values() if b.started), default=0)
-    out, days = [], []
+    out = []
     for cluster in sorted(clusters.values(), key=lambda c: (-c.failures, c.key)):
         tests = sorted(cluster.tests.items(), key=lambda kv: (-kv[1][0], kv[0]))
         text = cluster.first[tests[0][0]][1]
@@ -130,10 +118,7 @@ def summarize(
             "key_hash": key_hash(cluster.key),
         }
         out.append(entry)
-        for day, (n, flaky, blds, tsts, jbs) in sorted(cluster.days.items()):
-            days.append({"key_hash": entry["key_hash"], "cluster_id": entry["id"], "day": day, "failures": n,
-                         "flaky_failures": flaky, "builds": len(blds), "tests": len(tsts), "jobs": len(jbs)})
-    return ClusterSummary(clusters=out, days=days)
+    return ClusterSummary(clusters=out)
 
 
 def test_key_rows(clustering: Clustering) -> dict[str, list]:

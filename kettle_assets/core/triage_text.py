@@ -73,6 +73,11 @@ def normalize(text: str, rules: str = "python") -> str:
     return text
 
 
+def normalize_all(texts: list[str], rules: str = "python") -> list[str]:
+    """`normalize` over a batch (what a worker process is given)."""
+    return [normalize(text, rules) for text in texts]
+
+
 def normalize_name(name: str) -> str:
     """A test name without its [tags] and {params}, as owners files list them."""
     return _SPACES.sub(" ", _NAME_TAGS.sub("", name)).strip()

@@ -73,9 +73,9 @@ class ClusterTables:
     def _present(self, conn) -> set[str]:
         return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
-    def test_chunks(self, window: Window, rows: int = BATCH_ROWS) -> list[tuple[str, str]]:
-        """Ranges of test names of about `rows` failures each (a test is never split): each range
-        is read and sorted on its own, so memory follows the chunk, not the window."""
+    def test_chunks(self, window: Window, rows: int = BATCH_ROWS) -> list[tuple[str, str, int]]:
+        """Ranges of test names (first, last, failures) of about `rows` failures each (a test is
+        never split): each is read and sorted on its own, so memory follows the chunk, not the window."""
         with self.warehouse.duckdb.get_connection() as conn:
             counts = conn.execute(
                 f"SELECT name, count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NOT NULL "
@@ -85,13 +85,13 @@ class ClusterTables:
             lo = name if lo is None else lo
             size += n
             if size >= rows:
-                chunks.append((lo, name))
+                chunks.append((lo, name, size))
                 lo, size = None, 0
         if lo is not None:
-            chunks.append((lo, counts[-1][0]))
+            chunks.append((lo, counts[-1][0], size))
         return chunks
 
-    def failures(self, window: Window, chunks: list[tuple[str, str]], previous: dict[tuple[str, str], str] | None = None
+    def failures(self, window: Window, chunks: list[tuple[str, str, int]], previous: dict[tuple[str, str], str] | None = None
                  ) -> Iterator[tuple[Failure, FailureFacts]]:
         """The window's failed tests in stream order (test, started, build path, ordinal), each with
         the local key `previous` (keyed by (test, local key hash)) gave it."""
@@ -102,7 +102,7 @@ class ClusterTables:
             else:
                 sql = f"SELECT f.*, NULL AS local_key_hash FROM ({self._FAILED}) f {self.ORDER}"
             previous = previous or {}
-            for lo, hi in chunks:
+            for lo, hi, _ in chunks:
                 result = conn.execute(sql, {**window.params(), "lo": lo, "hi": hi})
                 while rows := result.fetchmany(BATCH_ROWS):
                     for path, name, seq, text, job, number, started, flaky, local_hash in rows:
@@ -152,15 +152,21 @@ class ClusterTables:
                 cluster[(name, local_key)] = cluster_key
         return local, cluster
 
-    def replace(self, clusters: pa.Table, days: pa.Table, test_keys: pa.Table) -> None:
-        """Swap in the failures written since `start_failures_table` and replace the other three
-        tables, in one transaction."""
+    def replace(self, clusters: pa.Table, test_keys: pa.Table) -> None:
+        """Swap in the failures written since `start_failures_table`, count them per cluster and
+        day, and replace the other tables, in one transaction."""
         with self.warehouse.duckdb.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
                 conn.execute(f"DROP TABLE IF EXISTS {FAILURES}")
                 conn.execute(f"ALTER TABLE {FAILURES}_next RENAME TO {FAILURES}")
-                for name, table in ((CLUSTERS, clusters), (DAYS, days), (TEST_KEYS, test_keys)):
+                conn.execute(
+                    f"""CREATE OR REPLACE TABLE {DAYS} AS
+                        SELECT key_hash, cluster_id, started::DATE AS day, count(*) AS failures,
+                               count(*) FILTER (WHERE flaky) AS flaky_failures, count(DISTINCT path) AS builds,
+                               count(DISTINCT name) AS tests, count(DISTINCT job) AS jobs
+                        FROM {FAILURES} GROUP BY ALL ORDER BY key_hash, day""")
+                for name, table in ((CLUSTERS, clusters), (TEST_KEYS, test_keys)):
                     conn.register("incoming", table)
                     conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM incoming")
                     conn.unregister("incoming")
