@@ -19,7 +19,7 @@ DEFAULT_OWNER = "testing"
 BUILD_COLUMNS = ("started", "tests_failed", "elapsed", "tests_run", "result", "executor", "pr")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Build:
     path: str
     job: str

@@ -136,7 +136,8 @@ class ClusterTables:
                      AND NOT list_contains($excluded, coalesce(job, ''))""",
                 window.params(),
             ).fetchall()
-        return {r[0]: Build(*r) for r in rows}
+        shared: dict = {}  # one object per distinct job, result, executor and small number
+        return {r[0]: Build(*(shared.setdefault(v, v) if i else v for i, v in enumerate(r))) for r in rows}
 
     def previous(self) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]] | None:
         """The last run's keys: (test, local key hash) -> local key, and (test, local key) -> its
