@@ -325,6 +325,14 @@ def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
         after = dict(conn.execute("SELECT key_hash, cluster_id FROM failure_clusters").fetchall())
     assert all(after[k] == before[k] for k in before.keys() & after.keys())
     assert len(before.keys() & after.keys()) >= 0.9 * len(before)
+    # Other normalisation rules invalidate the previous keys: the window is clustered again.
+    assert _materialize(warehouse, staging, rules="go")["mode"].value == "full"
+
+
+def test_without_test_results_the_asset_says_so_and_succeeds(tmp_path):
+    warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(tmp_path / "warehouse.duckdb")))
+    meta = _materialize(warehouse, StagingStore(home=str(tmp_path)))
+    assert meta["missing_input"].value == "test_results" and meta["failures"].value == 0
 
 
 def test_normalising_in_worker_processes_gives_the_same_clustering():

@@ -72,6 +72,9 @@ def _columns(rows: list[dict], names: list[str]) -> dict[str, list]:
 def run_failure_clusters(context, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse):
     tables = ClusterTables(warehouse)
     options = ClusterOptions(rules=config.rules, max_distance_checks=config.max_distance_checks)
+    if not tables.has_test_results():
+        context.log.warning("failure_clusters: no table test_results in the warehouse yet; nothing to cluster")
+        return dg.MaterializeResult(metadata={"failures": 0, "missing_input": "test_results"})
     latest = tables.latest_day()
     last_day = date.fromisoformat(config.last_day) if config.last_day else latest
     if last_day is None:
@@ -189,7 +192,8 @@ def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:
     kinds={"duckdb"},
     pool="warehouse",
     code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    # Eager, but not held back by the many day partitions of the inputs that never ran.
+    automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
     description=(
         "Triage's failure clusters of the last 14 days of failed tests: tables failure_clusters, "
         "failure_cluster_failures, failure_cluster_days, failure_cluster_test_keys; "

@@ -49,6 +49,10 @@ class ClusterTables:
             )
         self.warehouse = warehouse
 
+    def has_test_results(self) -> bool:
+        with self.warehouse.duckdb.get_connection() as conn:
+            return "test_results" in self._present(conn)
+
     def latest_day(self) -> date | None:
         with self.warehouse.duckdb.get_connection() as conn:
             return conn.execute("SELECT max(started)::DATE FROM test_results WHERE failed").fetchone()[0]
