@@ -93,14 +93,17 @@ class _Histograms:
 
 
 class KeyIndex:
-    """The keys of one level (a test's keys, or the global ones) with their histograms and lengths
-    in arrays, so that the lower bounds to all keys are one vectorised step."""
+    """The keys of one level (a test's keys, or the global ones) with their histograms in an array
+    and their indexes sorted by length: only keys within about 10% of a text's length can match
+    it, and the lower bounds to those are one vectorised step."""
 
     def __init__(self, options: ClusterOptions, stats: Clustering):
         self.keys: list[str] = []
         self.position: dict[str, int] = {}
         self._hist = np.zeros((8, NGRAM_BUCKETS), dtype=np.int32)
         self._len = np.zeros(8, dtype=np.int64)
+        self._sorted_len = np.zeros(0, dtype=np.int64)  # key lengths, ascending
+        self._sorted_idx = np.zeros(0, dtype=np.int64)  # the keys' indexes in that order
         self._histograms = _Histograms()
         self._options = options
         self._stats = stats
@@ -118,6 +121,9 @@ class KeyIndex:
             self._len = np.concatenate([self._len, np.zeros_like(self._len)])
         self._hist[n] = self._histograms(key)
         self._len[n] = len(key)
+        at = int(np.searchsorted(self._sorted_len, len(key), side="right"))
+        self._sorted_len = np.insert(self._sorted_len, at, len(key))
+        self._sorted_idx = np.insert(self._sorted_idx, at, n)
         self.keys.append(key)
         self.position[key] = n
         return n
@@ -146,31 +152,39 @@ class KeyIndex:
     def _search(self, text: str, start: int, incumbent: int | None) -> tuple[int | None, bool]:
         """First key from `start` on, in (lower bound, key) order, within the distance limit; with an
         incumbent, only keys ordered before it count. Returns (index or None, bound exhausted)."""
-        end = len(self.keys)
-        if start >= end:
+        if start >= len(self.keys):
+            return None, False
+        size = len(text)
+        # |len(key) - size| < int((len(key) + size) / 2 * 0.1) needs 19 * size / 21 < len(key) < 21 * size / 19.
+        lo = int(np.searchsorted(self._sorted_len, (19 * size) // 21, side="right"))
+        hi = int(np.searchsorted(self._sorted_len, -(-21 * size // 19), side="left"))
+        candidates = self._sorted_idx[lo:hi]
+        if start:
+            candidates = candidates[candidates >= start]
+        if not len(candidates):
             return None, False
         hist = self._histograms(text)
-        size = len(text)
-        bounds = np.abs(self._hist[start:end] - hist).sum(axis=1) // 4
-        lengths = self._len[start:end]
+        bounds = np.abs(self._hist[candidates] - hist).sum(axis=1) // 4
+        lengths = self._len[candidates]
         limits = ((size + lengths) / 2.0 * MATCH_FRACTION).astype(np.int64)
         # Skipped: lower bound over the limit, limit <= 1 (only equal text could match, and equal
         # text is found by lookup), length difference alone at the limit (edit distance >= it).
         viable = np.nonzero((bounds <= limits) & (limits > 1) & (np.abs(lengths - size) < limits))[0]
         if incumbent is not None:
             incumbent_order = (self._bound(text, incumbent), self.keys[incumbent])
-        order = sorted(viable.tolist(), key=lambda i: (int(bounds[i]), self.keys[start + i]))
+        order = sorted(viable.tolist(), key=lambda i: (int(bounds[i]), self.keys[candidates[i]]))
         checks = 0
         for i in order:
-            if incumbent is not None and (int(bounds[i]), self.keys[start + i]) >= incumbent_order:
+            key = self.keys[candidates[i]]
+            if incumbent is not None and (int(bounds[i]), key) >= incumbent_order:
                 break
             if checks == self._options.max_distance_checks:
                 return None, True
             checks += 1
             self._stats.distance_checks += 1
             limit = int(limits[i])
-            if Levenshtein.distance(text, self.keys[start + i], score_cutoff=limit - 1) < limit:
-                return start + i, False
+            if Levenshtein.distance(text, key, score_cutoff=limit - 1) < limit:
+                return int(candidates[i]), False
         return None, False
 
     def _bound(self, text: str, index: int) -> int:
