@@ -131,17 +131,22 @@ class ClusterTables:
     def builds(self, window: Window) -> dict[str, Build]:
         """The builds started in the window, as triage's `builds` file lists them."""
         self.warehouse.ensure_tables()
+        shared: dict = {}  # one object per distinct job, result and executor
+        builds: dict[str, Build] = {}
         with self.warehouse.duckdb.get_connection() as conn:
-            rows = conn.execute(
+            result = conn.execute(
                 """SELECT path, job, number, epoch(started)::BIGINT, trunc(elapsed)::BIGINT, tests_run,
                           tests_failed, result, executor
                    FROM "all"
                    WHERE started >= $first AND started < $last + INTERVAL 1 DAY
                      AND NOT list_contains($excluded, coalesce(job, ''))""",
                 window.params(),
-            ).fetchall()
-        shared: dict = {}  # one object per distinct job, result, executor and small number
-        return {r[0]: Build(*(shared.setdefault(v, v) if i else v for i, v in enumerate(r))) for r in rows}
+            )
+            while rows := result.fetchmany(BATCH_ROWS):
+                for path, job, number, started, elapsed, run, failed, outcome, executor in rows:
+                    builds[path] = Build(path, shared.setdefault(job, job), number, started, elapsed, run, failed,
+                                         shared.setdefault(outcome, outcome), shared.setdefault(executor, executor))
+        return builds
 
     def previous(self) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]] | None:
         """The last run's keys: (test, local key hash) -> local key, and (test, local key) -> its
