@@ -250,6 +250,7 @@ def _hand_made(tmp_path):
         _row(f"{pr}/5", PR_JOB, 5, 0, "TestUnit", True, PANIC.format("ffff"), commit="c9"),
         _row(f"{logs}/12", JOB, 12, 0, "TestOther", True, "timed out"),
         _row(f"{logs}/10", "ci-kubernetes-coverage-unit", 10, 0, "TestCov", True, PANIC.format("1")),
+        _row(f"{logs}/11", JOB, 11, 0, None, True, "a failure without a test name"),
     ]
     builds = [_build(f"{logs}/10", JOB, 10, -1), _build(f"{logs}/11", JOB, 11, 0),
               _build(f"{logs}/12", JOB, 12, 0), _build(f"{pr}/5", PR_JOB, 5, 0)]
@@ -285,6 +286,7 @@ def test_failure_data_json_has_triage_exact_shape(tmp_path):
         },
     }
     assert meta["clusters"].value == 2 and meta["clusters_in_triage"].value == 1
+    assert meta["skipped_unnamed_failures"].value == 1
     slices = tmp_path / "export" / "triage" / "slices"
     cid = data["clustered"][0]["id"]
     assert json.loads((slices / f"failure_data_{cid[:2]}.json").read_text())["clustered"] == data["clustered"]

@@ -88,6 +88,9 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
         previous = tables.previous()
     local_by_hash, previous_global = previous or ({}, {})
     chunks = tables.test_chunks(window)
+    unnamed = tables.unnamed_failures(window)
+    if unnamed:
+        context.log.warning(f"failure_clusters: {unnamed} failed tests without a name in the window, left out")
     workers = config.workers if sum(n for _, _, n in chunks) >= PARALLEL_FROM else 1
     started = time.monotonic()
     clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash)), previous_global,
@@ -130,6 +133,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
             "clusters": len(summary.clusters),
             "clusters_in_triage": len(data["clustered"]),
             "flaky_failures": flaky,
+            "skipped_unnamed_failures": unnamed,
             "distance_checks": clustering.distance_checks,
             "bound_hits": clustering.bound_hits,
             "max_distance_checks": options.max_distance_checks,

@@ -95,6 +95,12 @@ class ClusterTables:
             chunks.append((lo, counts[-1][0], size))
         return chunks
 
+    def unnamed_failures(self, window: Window) -> int:
+        """Failed tests without a name: they cannot be clustered by test, so they are counted."""
+        with self.warehouse.duckdb.get_connection() as conn:
+            return conn.execute(f"SELECT count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NULL",
+                                window.params()).fetchone()[0]
+
     def failures(self, window: Window, chunks: list[tuple[str, str, int]], previous: dict[tuple[str, str], str] | None = None
                  ) -> Iterator[tuple[Failure, FailureFacts]]:
         """The window's failed tests in stream order (test, started, build path, ordinal), each with
