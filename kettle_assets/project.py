@@ -28,7 +28,7 @@ from .assets.collection import make_collection_assets
 from .assets.checks import make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
-from .assets.failure_clusters import failure_clusters
+from .assets.failure_clusters import failure_clusters, failure_clusters_automation
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
 from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
@@ -167,7 +167,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources=build_resources(settings),
         jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job],
         schedules=schedules,
-        sensors=sensors,
+        sensors=[*sensors, failure_clusters_automation],
         executor=dg.in_process_executor,
     )
 

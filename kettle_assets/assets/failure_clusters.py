@@ -208,3 +208,11 @@ def failure_clusters(
     context: dg.AssetExecutionContext, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse
 ) -> dg.MaterializeResult:
     return run_failure_clusters(context, config, staging, warehouse)
+
+
+# Evaluates failure_clusters' automation condition; running by default, as the other sensors are.
+failure_clusters_automation = dg.AutomationConditionSensorDefinition(
+    "failure_clusters_automation",
+    target=dg.AssetSelection.assets("failure_clusters"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
