@@ -32,6 +32,7 @@ from .assets.checks import make_build_checks, make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
 from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
+from .assets.failure_clusters import failure_clusters, failure_clusters_automation
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
 from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
@@ -210,7 +211,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     junit_results, build_rows, build_all = make_daily_assets(day_partitions(first_partition_day(settings)), build_metadata)
     build_week, build_day = make_window_assets(build_rows)
     assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
-    return [with_owners_and_schema(a, bucket_owners(buckets)) for a in assets]
+    return [*(with_owners_and_schema(a, bucket_owners(buckets)) for a in assets), failure_clusters]
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:
@@ -227,7 +228,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources=build_resources(settings),
         jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job],
         schedules=schedules,
-        sensors=sensors,
+        sensors=[*sensors, failure_clusters_automation],
         executor=dg.in_process_executor,
     )
 

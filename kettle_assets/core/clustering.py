@@ -1,0 +1,338 @@
+"""Triage's clustering: per test, then across tests, by bounded edit distance on normalised text.
+
+A failure joins the first existing key (in ascending order of the n-gram lower bound, then of
+the key) whose edit distance to its normalised text is under 10% of their mean length, else it
+founds a new key. Work is bounded by size, never by time: at most `max_distance_checks` exact
+distances per text, after which the text founds its own key and the bound hit is counted.
+
+The same function runs a full clustering (no previous state) and an incremental one: failures
+already assigned keep their keys, keys whose failures all left the window disappear, and only the
+new failures are matched, first against their test's keys and then against the global keys.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from multiprocessing import get_context
+from dataclasses import dataclass, field
+from typing import Hashable, Iterable, Iterator, NamedTuple
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from .triage_text import NGRAM_BUCKETS, RULES, ngram_counts, normalize, normalize_all
+
+MATCH_FRACTION = 0.10
+GLOBAL_ORDERS = ("first_seen", "size")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    rules: str = "python"  # normalisation rules: python (default) or go (the later, wider ones)
+    max_distance_checks: int = 1000  # exact edit distances tried per text before it founds a key
+    # Order of the global level: first_seen (each test's clusters by their first failure) lets a
+    # day's increment agree with a full run; size (tests by failures, then clusters by size) is
+    # the original's order.
+    global_order: str = "size"
+
+    def __post_init__(self):
+        if self.rules not in RULES:
+            raise ValueError(f"normalisation rules must be one of {RULES}, not {self.rules!r}")
+        if self.global_order not in GLOBAL_ORDERS:
+            raise ValueError(f"global_order must be one of {GLOBAL_ORDERS}, not {self.global_order!r}")
+        if self.max_distance_checks < 1:
+            raise ValueError("max_distance_checks must be at least 1")
+
+
+class Failure(NamedTuple):
+    fid: Hashable  # identity of the failure across runs, e.g. (build path, test, ordinal)
+    test: str
+    build: str  # build path
+    text: str  # raw failure text
+    started: int = 0  # epoch seconds of the build: failures are clustered in (started, build) order
+    kept_key: str | None = None  # the local key an earlier run gave this failure
+
+
+@dataclass
+class Previous:
+    """What an earlier run decided: the local key of each failure, the global key of each local key."""
+
+    local_key: dict[Hashable, str] = field(default_factory=dict)  # fid -> local key (of its test)
+    global_key: dict[tuple[str, str], str] = field(default_factory=dict)  # (test, local key) -> global key
+
+
+@dataclass
+class Clustering:
+    local_keys: list[tuple[str, str]] = field(default_factory=list)  # (test, local key) by local id
+    local_ids: array = field(default_factory=lambda: array("i"))  # per failure, in stream order
+    global_key: dict[tuple[str, str], str] = field(default_factory=dict)  # (test, local key) -> global key
+    local_key: dict[Hashable, str] = field(default_factory=dict)  # fid -> local key (cluster_failures only)
+    new_failures: int = 0
+    kept_failures: int = 0
+    distance_checks: int = 0
+    bound_hits: int = 0  # texts that founded a key because max_distance_checks ran out
+
+    def cluster_of(self, failure: Failure) -> str:
+        return self.global_key[(failure.test, self.local_key[failure.fid])]
+
+
+class _Histograms:
+    """n-gram histograms of texts, computed once each."""
+
+    def __init__(self):
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, text: str) -> np.ndarray:
+        counts = self._cache.get(text)
+        if counts is None:
+            counts = self._cache[text] = ngram_counts(text)
+        return counts
+
+
+class KeyIndex:
+    """The keys of one level (a test's keys, or the global ones) with their histograms in an array
+    and their indexes sorted by length: only keys within about 10% of a text's length can match
+    it, and the lower bounds to those are one vectorised step."""
+
+    def __init__(self, options: ClusterOptions, stats: Clustering):
+        self.keys: list[str] = []
+        self.position: dict[str, int] = {}
+        self._hist = np.zeros((8, NGRAM_BUCKETS), dtype=np.int32)
+        self._len = np.zeros(8, dtype=np.int64)
+        self._sorted_len = np.zeros(0, dtype=np.int64)  # key lengths, ascending
+        self._sorted_idx = np.zeros(0, dtype=np.int64)  # the keys' indexes in that order
+        self._histograms = _Histograms()
+        self._options = options
+        self._stats = stats
+        # text -> (index of the key it matched, number of keys when it did): a repeated text only
+        # needs checking against the keys founded since, which gives the answer a fresh search would.
+        self._matched: dict[str, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, key: str) -> int:
+        n = len(self.keys)
+        if n == len(self._len):
+            self._hist = np.concatenate([self._hist, np.zeros_like(self._hist)])
+            self._len = np.concatenate([self._len, np.zeros_like(self._len)])
+        self._hist[n] = self._histograms(key)
+        self._len[n] = len(key)
+        at = int(np.searchsorted(self._sorted_len, len(key), side="right"))
+        self._sorted_len = np.insert(self._sorted_len, at, len(key))
+        self._sorted_idx = np.insert(self._sorted_idx, at, n)
+        self.keys.append(key)
+        self.position[key] = n
+        return n
+
+    def place(self, text: str) -> str:
+        """The key `text` belongs to, founding it if nothing matches."""
+        at = self.position.get(text)
+        if at is not None:
+            return text
+        seen = self._matched.get(text)
+        if seen is None:
+            found, exhausted = self._search(text, 0, None)
+        else:
+            index, known = seen
+            found, exhausted = (index, False) if known == len(self.keys) else self._search(text, known, index)
+            if found is None:
+                found = index
+        if found is None:
+            if exhausted:
+                self._stats.bound_hits += 1
+            self.add(text)
+            return text
+        self._matched[text] = (found, len(self.keys))
+        return self.keys[found]
+
+    def _search(self, text: str, start: int, incumbent: int | None) -> tuple[int | None, bool]:
+        """First key from `start` on, in (lower bound, key) order, within the distance limit; with an
+        incumbent, only keys ordered before it count. Returns (index or None, bound exhausted)."""
+        if start >= len(self.keys):
+            return None, False
+        size = len(text)
+        # |len(key) - size| < int((len(key) + size) / 2 * 0.1) needs 19 * size / 21 < len(key) < 21 * size / 19.
+        lo = int(np.searchsorted(self._sorted_len, (19 * size) // 21, side="right"))
+        hi = int(np.searchsorted(self._sorted_len, -(-21 * size // 19), side="left"))
+        candidates = self._sorted_idx[lo:hi]
+        if start:
+            candidates = candidates[candidates >= start]
+        if not len(candidates):
+            return None, False
+        hist = self._histograms(text)
+        bounds = np.abs(self._hist[candidates] - hist).sum(axis=1) // 4
+        lengths = self._len[candidates]
+        limits = ((size + lengths) / 2.0 * MATCH_FRACTION).astype(np.int64)
+        # Skipped: lower bound over the limit, limit <= 1 (only equal text could match, and equal
+        # text is found by lookup), length difference alone at the limit (edit distance >= it).
+        viable = np.nonzero((bounds <= limits) & (limits > 1) & (np.abs(lengths - size) < limits))[0]
+        if incumbent is not None:
+            incumbent_order = (self._bound(text, incumbent), self.keys[incumbent])
+        order = sorted(viable.tolist(), key=lambda i: (int(bounds[i]), self.keys[candidates[i]]))
+        checks = 0
+        for i in order:
+            key = self.keys[candidates[i]]
+            if incumbent is not None and (int(bounds[i]), key) >= incumbent_order:
+                break
+            if checks == self._options.max_distance_checks:
+                return None, True
+            checks += 1
+            self._stats.distance_checks += 1
+            limit = int(limits[i])
+            if Levenshtein.distance(text, key, score_cutoff=limit - 1) < limit:
+                return int(candidates[i]), False
+        return None, False
+
+    def _bound(self, text: str, index: int) -> int:
+        return int(np.abs(self._hist[index] - self._histograms(text)).sum()) // 4
+
+
+def failure_order(failure: Failure) -> tuple:
+    """The order the stream must come in: by test, then (started, build path, id) within a test."""
+    return (failure.test, failure.started, failure.build, str(failure.fid))
+
+
+NORMALIZE_CHUNK = 2000
+
+
+def _normalized(failures: Iterable[Failure], previous_global: dict, rules: str, workers: int
+                ) -> Iterator[tuple[Failure, str | None, str | None]]:
+    """(failure, kept key or None, normalised text or None) in stream order. With workers > 1 the
+    texts are normalised in a process pool a chunk at a time, a few chunks ahead, order kept."""
+
+    def tagged(failure: Failure) -> tuple[Failure, str | None]:
+        kept = failure.kept_key if (failure.test, failure.kept_key) in previous_global else None
+        return failure, kept
+
+    if workers <= 1:
+        for failure, kept in map(tagged, failures):
+            yield failure, kept, None if kept is not None else normalize(failure.text, rules)
+        return
+
+    def emit(chunk, future):
+        texts = iter(future.result())
+        for failure, kept in chunk:
+            yield failure, kept, None if kept is not None else next(texts)
+
+    stream = map(tagged, failures)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending: deque = deque()
+        while chunk := list(islice(stream, NORMALIZE_CHUNK)):
+            texts = [failure.text for failure, kept in chunk if kept is None]
+            pending.append((chunk, pool.submit(normalize_all, texts, rules)))
+            if len(pending) > 2 * workers:
+                yield from emit(*pending.popleft())
+        while pending:
+            yield from emit(*pending.popleft())
+
+
+def cluster_stream(
+    failures: Iterable[Failure], previous_global: dict[tuple[str, str], str] | None = None,
+    options: ClusterOptions = ClusterOptions(), workers: int = 1,
+) -> Clustering:
+    """Local then global clustering of a stream of failures in `failure_order`.
+
+    A failure whose `kept_key` (its local key in the previous run) is still a local key of the
+    previous run keeps it; the others are matched. Memory is the keys and one test's failures, not
+    the window: each failure's local key comes back as an index into `local_keys`, one int per
+    failure, in stream order. `workers` > 1 normalises in that many processes (same result).
+    """
+    previous_global = previous_global or {}
+    result = Clustering()
+    local_sizes: dict[tuple[str, str], int] = {}  # (test, local key) -> failures
+    first_seen: dict[tuple[str, str], tuple[int, str]] = {}  # (test, local key) -> first (started, build)
+    done: set[str] = set()
+
+    def flush(test: str, batch: list[tuple[Failure, str | None]]) -> None:
+        if test in done:
+            raise ValueError(f"failures must come grouped by test; {test!r} came back")
+        done.add(test)
+        index = KeyIndex(options, result)
+        for _, kept in batch:
+            if kept is not None and kept not in index.position:
+                index.add(kept)
+        ids: dict[str, int] = {}
+        for failure, kept in batch:
+            key = kept if kept is not None else index.place(failure.text)
+            local = (test, key)
+            if local not in local_sizes:  # a test's keys are all founded in its one batch
+                local_sizes[local] = 0
+                first_seen[local] = (failure.started, failure.build)
+                ids[key] = len(result.local_keys)
+                result.local_keys.append(local)
+            local_sizes[local] += 1
+            result.local_ids.append(ids[key])
+
+    test, batch = None, []
+    for failure, kept, text in _normalized(failures, previous_global, options.rules, workers):
+        if failure.test != test:
+            if batch:
+                flush(test, batch)
+            test, batch = failure.test, []
+        if kept is not None:
+            result.kept_failures += 1
+            batch.append((failure._replace(text=""), kept))
+        else:
+            result.new_failures += 1
+            batch.append((failure._replace(text=text), None))
+    if batch:
+        flush(test, batch)
+
+    # Global: kept local keys keep their global key (dropped with their last failure); new local
+    # keys are matched against the global keys in `options.global_order`.
+    global_index = KeyIndex(options, result)
+    kept_global = set()
+    for local in local_sizes:
+        if local in previous_global:
+            result.global_key[local] = previous_global[local]
+            kept_global.add(previous_global[local])
+    for key in sorted(kept_global):
+        global_index.add(key)
+    test_sizes: dict[str, int] = {}
+    for (name, _), size in local_sizes.items():
+        test_sizes[name] = test_sizes.get(name, 0) + size
+    pending = [(name, key, size) for (name, key), size in local_sizes.items() if (name, key) not in result.global_key]
+    if options.global_order == "size":
+        pending.sort(key=lambda tks: (-test_sizes[tks[0]], tks[0], -tks[2], tks[1]))
+    else:
+        pending.sort(key=lambda tks: (first_seen[(tks[0], tks[1])], tks[0], tks[1]))
+    for name, key, _ in pending:
+        result.global_key[(name, key)] = global_index.place(key)
+    return result
+
+
+def cluster_failures(
+    failures: Iterable[Failure], previous: Previous | None = None, options: ClusterOptions = ClusterOptions()
+) -> Clustering:
+    """`cluster_stream` over failures in any order, with the previous run given per failure id;
+    the result also maps each failure id to its local key (`local_key`)."""
+    previous = previous or Previous()
+    ordered = sorted((f._replace(kept_key=previous.local_key.get(f.fid)) for f in failures), key=failure_order)
+    result = cluster_stream(ordered, previous.global_key, options)
+    result.local_key = {f.fid: result.local_keys[i][1] for f, i in zip(ordered, result.local_ids)}
+    return result
+
+
+def pairwise_agreement(a: dict[Hashable, Hashable], b: dict[Hashable, Hashable]) -> tuple[float, float]:
+    """Precision and recall of "same cluster" pairs of clustering `a` against reference `b` (both
+    item -> cluster, over the same items), counted exactly from the contingency table."""
+    joint: dict[tuple[Hashable, Hashable], int] = {}
+    size_a: dict[Hashable, int] = {}
+    size_b: dict[Hashable, int] = {}
+    for item, ca in a.items():
+        cb = b[item]
+        joint[(ca, cb)] = joint.get((ca, cb), 0) + 1
+        size_a[ca] = size_a.get(ca, 0) + 1
+        size_b[cb] = size_b.get(cb, 0) + 1
+
+    def pairs(n: int) -> int:
+        return n * (n - 1) // 2
+
+    both = sum(pairs(n) for n in joint.values())
+    in_a = sum(pairs(n) for n in size_a.values())
+    in_b = sum(pairs(n) for n in size_b.values())
+    return (both / in_a if in_a else 1.0), (both / in_b if in_b else 1.0)

@@ -1,0 +1,150 @@
+"""Failure text as triage sees it: normalisation, the n-gram histogram, common spans.
+
+Normalisation removes what changes from run to run of the same failure (times,
+pointers, IPs, UUIDs, node names, Go map order) so that equal failures get
+equal text; the histogram gives a cheap lower bound of the edit distance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+
+import numpy as np
+
+NGRAM_BUCKETS = 64
+LONG_TEXT = 10_000
+TRUNCATED = "\n...[truncated]...\n"
+
+_DATE = re.compile(
+    r"[A-Z][a-z]{2}, \d+ \w+ 2\d{3} [\d.-: ]*([-+]\d+)?"
+    r"|\w{3}\s+\d{1,2} \d+:\d+:\d+(\.\d+)?"
+    r"|(\d{4}-\d\d-\d\d.|.\d{4} )\d\d:\d\d:\d\d(.\d+)?"
+)
+_NOISE_COMMON = (
+    r"0x[0-9a-fA-F]+"  # hex constants, pointers
+    r"|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(:\d+)?"  # IPv4 with an optional port
+    r"|[0-9a-fA-F]{8}-\S{4}-\S{4}-\S{4}-\S{12}(-\d+)?"  # UUIDs and a trailing number
+    r"|[0-9a-f]{12,32}"  # hex digests
+)
+# The Python rules rename only the node suffix; the Go rules (no look-behind there) rename the
+# whole node name, and split map items on single spaces instead of runs of whitespace.
+_NOISE = {
+    "python": re.compile(_NOISE_COMMON + r"|(?<=minion-group-|default-pool-)[-0-9a-z]{4,}"),
+    "go": re.compile(_NOISE_COMMON + r"|(minion-group-|default-pool-)[-0-9a-z]{4,}"),
+}
+RULES = tuple(_NOISE)
+_MAP = re.compile(r"map\[([^][]*)\]")
+_REPEATED_LINES = re.compile(r"(?m)^(.*\n)\1+")
+_SPAN_TOKEN = re.compile(r"\w+|\W+")
+_NAME_TAGS = re.compile(r"\[.*?\]|{.*?\}")
+_SPACES = re.compile(r"\s+")
+
+
+def _sorted_map_python(match: re.Match) -> str:
+    return "map[" + " ".join(sorted(match.group(1).split())) + "]"
+
+
+def _sorted_map_go(match: re.Match) -> str:
+    return "map[" + " ".join(sorted(match.group(1).split(" "))) + "]"
+
+
+def normalize(text: str, rules: str = "python") -> str:
+    """The text with its run-to-run noise replaced: TIME for dates, UNIQn for each distinct noise."""
+    noise = _NOISE[rules]
+    text = _DATE.sub("TIME", text)
+    if "map[" in text:
+        text = _MAP.sub(_sorted_map_python if rules == "python" else _sorted_map_go, text)
+    names: dict[str, str] = {}
+
+    def rename(match: re.Match) -> str:
+        found = match.group(0)
+        name = names.get(found)
+        if name is None:
+            name = names[found] = f"UNIQ{len(names) + 1}"
+        return name
+
+    text = noise.sub(rename, text)
+    if len(text) > LONG_TEXT:
+        text = _REPEATED_LINES.sub(r"\1", text)
+    if len(text) > LONG_TEXT:
+        text = text[: LONG_TEXT // 2] + TRUNCATED + text[-LONG_TEXT // 2 :]
+    return text
+
+
+def normalize_all(texts: list[str], rules: str = "python") -> list[str]:
+    """`normalize` over a batch (what a worker process is given)."""
+    return [normalize(text, rules) for text in texts]
+
+
+def normalize_name(name: str) -> str:
+    """A test name without its [tags] and {params}, as owners files list them."""
+    return _SPACES.sub(" ", _NAME_TAGS.sub("", name)).strip()
+
+
+def _crc_table() -> np.ndarray:
+    """zlib's CRC-32 byte table (reflected polynomial 0xEDB88320)."""
+    table = np.zeros(256, dtype=np.uint32)
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+        table[byte] = crc
+    return table
+
+
+_CRC = _crc_table()
+
+
+def ngram_counts(text: str) -> np.ndarray:
+    """Histogram of crc32(each 4-character window) & 63: 64 counts (int32).
+
+    ASCII text (nearly all of it) is hashed with numpy, four table steps over every window at
+    once; other text falls back to zlib per window (a window is 4 characters, UTF-8 encoded).
+    """
+    counts = np.zeros(NGRAM_BUCKETS, dtype=np.int32)
+    windows = len(text) - 3
+    if windows <= 0:
+        return counts
+    if text.isascii():
+        data = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        crc = np.full(windows, 0xFFFFFFFF, dtype=np.uint32)
+        for offset in range(4):
+            crc = _CRC[(crc ^ data[offset : offset + windows]) & 0xFF] ^ (crc >> 8)
+        crc ^= 0xFFFFFFFF
+        return np.bincount(crc & (NGRAM_BUCKETS - 1), minlength=NGRAM_BUCKETS).astype(np.int32)
+    for start in range(windows):
+        counts[zlib.crc32(text[start : start + 4].encode("utf-8")) & (NGRAM_BUCKETS - 1)] += 1
+    return counts
+
+
+def ngram_lower_bound(a: np.ndarray, b: np.ndarray) -> int:
+    """A lower bound of the edit distance: one edit changes at most 4 windows."""
+    return int(np.abs(a - b).sum()) // 4
+
+
+def cluster_id(counts: np.ndarray) -> str:
+    """Triage's cluster id: sha1 of the key's counts written as `[c0, c1, ...]`, 20 hex digits."""
+    return hashlib.sha1(("[" + ", ".join(str(int(c)) for c in counts) + "]").encode()).hexdigest()[:20]
+
+
+def span_tokens(text: str) -> list[str]:
+    return _SPAN_TOKEN.findall(text)
+
+
+def common_spans(first: str, common: set[str]) -> list[int]:
+    """Alternating lengths of the runs of `first` whose tokens every failure has, and of those it
+    does not (starting with a common run, possibly of length 0)."""
+    spans: list[int] = []
+    in_common = True
+    run = 0
+    for token in _SPAN_TOKEN.findall(first):
+        if (token in common) != in_common:
+            spans.append(run)
+            run = 0
+            in_common = not in_common
+        run += len(token)
+    if run:
+        spans.append(run)
+    return spans

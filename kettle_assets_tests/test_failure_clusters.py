@@ -1,0 +1,346 @@
+"""Failure clusters: triage's normalisation, matching, ordering and output, deterministic and
+incremental, on hand-made cases and a generated multi-day history, through a real DuckDB."""
+
+import hashlib
+import importlib.util
+import json
+import random
+import sys
+import zlib
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from dagster_duckdb import DuckDBResource
+
+from kettle_assets.assets.failure_clusters import failure_clusters
+from kettle_assets.core.clustering import (
+    ClusterOptions, Failure, Previous, cluster_failures, cluster_stream, failure_order, pairwise_agreement)
+from kettle_assets.core.triage_text import cluster_id, common_spans, ngram_counts, normalize, normalize_name
+from kettle_assets.resources.staging import StagingStore
+from kettle_assets.resources.warehouse import DuckDBWarehouse
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _corpus_module():
+    spec = importlib.util.spec_from_file_location("_bench_failure_corpus", BENCH / "failure_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Plain dynamic-programming Levenshtein, the reference for the bounded one."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def _random_text(seed: int, alphabet: str, size: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(alphabet) for _ in range(size))
+
+
+def failure(n: int, test: str, text: str, build: str | None = None) -> Failure:
+    path = build or f"gs://b/logs/job/{n:04d}"
+    return Failure((path, test, 0), test, path, text)
+
+
+# --- normalisation -------------------------------------------------------------------------
+
+def test_normalize_blanks_times_and_renumbers_noise_in_order_of_appearance():
+    text = ("I1204 12:34:56.789 pod 0xc000a1 at 10.0.0.7:8080 then 0xc000a1 again, "
+            "uid 6ba7b810-9dad-11d1-80b4-00c04fd430c8 digest 0123456789abcdef0123 "
+            "on 2026-12-04T12:00:01.5Z and Mon, 02 Jan 2006 15:04:05 -0700 and Dec  4 01:02:03")
+    assert normalize(text) == (
+        "TIME pod UNIQ1 at UNIQ2 then UNIQ1 again, uid UNIQ3 digest UNIQ4 on TIMEZ and TIME and TIME")
+
+
+def test_normalize_sorts_innermost_maps_and_node_names_by_rules():
+    assert normalize("got map[b:2 a:1  c:map[z:1 y:2]]") == "got map[b:2 a:1  c:map[y:2 z:1]]"
+    assert normalize("got map[b:2 a:1  c:3]") == "got map[a:1 b:2 c:3]"
+    assert normalize("got map[b:2 a:1  c:3]", "go") == "got map[ a:1 b:2 c:3]"
+    assert normalize("node gke-x-default-pool-ab12cd failed") == "node gke-x-default-pool-UNIQ1 failed"
+    assert normalize("node gke-x-default-pool-ab12cd failed", "go") == "node gke-x-UNIQ1 failed"
+
+
+def test_normalize_long_text_drops_repeated_lines_then_truncates():
+    repeated = "start\n" + "same line again\n" * 1000 + "end"
+    assert normalize(repeated) == "start\nsame line again\nend"
+    long = "".join(f"line {i}\n" for i in range(3000))
+    out = normalize(long)
+    assert len(out) == 10_000 + len("\n...[truncated]...\n")
+    assert out.startswith("line 0\n") and out.endswith("line 2999\n") and "\n...[truncated]...\n" in out
+
+
+def test_normalize_name_and_spans():
+    assert normalize_name("[sig-node] Pods  should {run} [Conformance]") == "Pods should"
+    assert common_spans("error in pod abc at 5", {"error", " ", "in", "pod", "at"}) == [13, 3, 4, 1]
+
+
+def test_ngram_counts_and_id_follow_the_crc32_definition():
+    for text in ("", "abc", "abcd", "panic: boom\n\tat x.go:12", "ünïcödé text here", "x" * 300):
+        expected = [0] * 64
+        for i in range(len(text) - 3):
+            expected[zlib.crc32(text[i:i + 4].encode()) & 63] += 1
+        assert ngram_counts(text).tolist() == expected
+        assert cluster_id(ngram_counts(text)) == hashlib.sha1(str(expected).encode()).hexdigest()[:20]
+
+
+# --- matching ------------------------------------------------------------------------------
+
+def _variant_at_distance(base: str, distance: int) -> str:
+    return base[:-distance] + "#" * distance  # substitutions at the end only: edit distance = distance
+
+
+@pytest.mark.parametrize("offset, joins", [(-1, True), (0, False)])
+def test_a_failure_joins_only_under_ten_percent_edit_distance(offset, joins):
+    base = _random_text(3, "abcdefghij klmnop\n", 400)
+    limit = int((400 + 400) / 2 * 0.10)  # 40
+    other = _variant_at_distance(base, limit + offset)
+    assert edit_distance(base, other) == limit + offset
+    bound = int(abs(ngram_counts(base) - ngram_counts(other)).sum()) // 4
+    assert bound <= limit  # the cheap bound lets it through: the exact distance decides
+    result = cluster_failures([failure(1, "t", base), failure(2, "t", other)])
+    keys = {result.local_key[f.fid] for f in (failure(1, "t", base), failure(2, "t", other))}
+    assert (len(keys) == 1) is joins
+
+
+def test_short_texts_match_only_when_equal_after_normalisation():
+    a, b, c = failure(1, "t", "boom 0x1"), failure(2, "t", "boom 0x2"), failure(3, "t", "boom 12")
+    result = cluster_failures([a, b, c])
+    assert result.local_key[a.fid] == result.local_key[b.fid] == "boom UNIQ1"
+    assert result.local_key[c.fid] == "boom 12"
+
+
+def test_first_candidate_by_lower_bound_then_key_wins_and_build_order_founds_keys():
+    base = "x" * 10 + _random_text(5, "abcdefgh \n", 290)
+    near = _variant_at_distance(base, 3)
+    far = _variant_at_distance(base, 20)
+    # `far` comes first in build order, so it is the key; `base` and `near` join it (distance < 30).
+    fs = [failure(2, "t", base), failure(1, "t", far), failure(3, "t", near)]
+    result = cluster_failures(fs)
+    assert {result.local_key[f.fid] for f in fs} == {far}
+    # Globally, the test with more failures is placed first and its key is the cluster's key.
+    g = [failure(1, "small", near, "gs://b/logs/job/0001"),
+         failure(2, "big", base, "gs://b/logs/job/0002"), failure(3, "big", base, "gs://b/logs/job/0003")]
+    result = cluster_failures(g)
+    assert {result.cluster_of(f) for f in g} == {base}
+
+
+def test_work_is_bounded_by_size_and_the_bound_is_reported():
+    base = _random_text(9, "abcdefgh \n", 300)
+    near = _variant_at_distance(base, 5)
+    # A key with the same histogram as `near` but a far edit distance sorts first and fails.
+    fs = [failure(1, "t", base), failure(2, "t", near)]
+    unbounded = cluster_failures(fs)
+    assert unbounded.bound_hits == 0 and len(set(unbounded.local_key.values())) == 1
+    decoy = near[len(near) // 2:] + near[: len(near) // 2]  # a rotation: similar n-grams, far apart
+    fs = [failure(1, "t", decoy), failure(2, "t", base), failure(3, "t", near)]
+    result = cluster_failures(fs, options=ClusterOptions(max_distance_checks=1))
+    assert result.bound_hits >= 1
+    assert cluster_failures(fs, options=ClusterOptions(max_distance_checks=1)).local_key == result.local_key
+
+
+def test_same_input_in_any_order_gives_the_same_clusters():
+    corpus = _corpus_module().generate(600, days=3, seed=4)
+    fs = [Failure((f.path, f.test, 0), f.test, f.path, f.text) for f in corpus]
+    first = cluster_failures(fs)
+    shuffled = fs[:]
+    random.Random(1).shuffle(shuffled)
+    again = cluster_failures(shuffled)
+    assert again.local_key == first.local_key and again.global_key == first.global_key
+
+
+# --- incremental ---------------------------------------------------------------------------
+
+def test_incremental_days_agree_with_a_full_run_and_keep_ids():
+    corpus = _corpus_module().generate(2400, days=10, seed=7)
+    day_of = {}
+    fs = []
+    for f in corpus:
+        item = Failure((f.path, f.test, 0), f.test, f.path, f.text, f.started)
+        day_of[item.fid] = datetime.fromtimestamp(f.started, tz=timezone.utc).date()
+        fs.append(item)
+    days = sorted(set(day_of.values()))
+
+    def window(last: int):
+        return [f for f in fs if days[last - 6] <= day_of[f.fid] <= days[last]]
+
+    state = cluster_failures(window(6))
+    for last in range(7, len(days)):
+        previous = Previous(local_key=state.local_key, global_key=state.global_key)
+        before = {f.fid: state.cluster_of(f) for f in window(last - 1)}
+        state = cluster_failures(window(last), previous)
+        assert state.new_failures == sum(1 for f in fs if day_of[f.fid] == days[last])
+        full = cluster_failures(window(last))
+        items = window(last)
+        precision, recall = pairwise_agreement({f.fid: state.cluster_of(f) for f in items},
+                                               {f.fid: full.cluster_of(f) for f in items})
+        assert precision >= 0.99 and recall >= 0.99, (last, precision, recall)
+        # A failure still in the window keeps its cluster and so its key and id (the key's hash).
+        stayed = [f for f in items if f.fid in before]
+        assert stayed and all(state.cluster_of(f) == before[f.fid] for f in stayed)
+        assert len({before[f.fid] for f in stayed}) > 10
+        dropped = {f.fid for f in fs if day_of[f.fid] < days[last - 6]}
+        assert not dropped & set(state.local_key)
+
+
+def test_pairwise_agreement_counts_pairs():
+    assert pairwise_agreement({1: "a", 2: "a", 3: "b"}, {1: "x", 2: "x", 3: "x"}) == (1.0, 1 / 3)
+
+
+# --- the asset, through DuckDB -------------------------------------------------------------
+
+DAY = date(2026, 11, 20)
+
+
+def _ts(day_offset: int, hour: int = 1) -> datetime:
+    return datetime.combine(DAY + timedelta(days=day_offset), datetime.min.time()) + timedelta(hours=hour)
+
+
+def _home(tmp_path: Path, results: list[tuple], builds: list[tuple]) -> tuple[DuckDBWarehouse, StagingStore]:
+    warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(tmp_path / "warehouse.duckdb")))
+    warehouse.ensure_tables()
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+        conn.execute("""CREATE TABLE test_results (path VARCHAR NOT NULL, job VARCHAR, number BIGINT,
+                        started TIMESTAMP, finished TIMESTAMP, pr BIGINT, "commit" VARCHAR, name VARCHAR,
+                        time DOUBLE, failed BOOLEAN NOT NULL, failure_text VARCHAR)""")
+        conn.executemany("INSERT INTO test_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)
+        conn.executemany(
+            'INSERT INTO "all" (path, job, number, started, finished, elapsed, tests_run, tests_failed, result, executor) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", builds)
+    return warehouse, StagingStore(home=str(tmp_path))
+
+
+def _materialize(warehouse, staging, **config):
+    result = dg.materialize([failure_clusters], resources={"warehouse": warehouse, "staging": staging},
+                            run_config={"ops": {"failure_clusters": {"config": config}}})
+    assert result.success
+    return result.asset_materializations_for_node("failure_clusters")[0].metadata
+
+
+PANIC = "panic: nil map at 0x{}\ngoroutine 7 [running]:\nmain.go:12"
+JOB = "ci-kubernetes-e2e"
+PR_JOB = "pull-kubernetes-unit"
+
+
+def _row(path, job, number, day, name, failed, text=None, commit="c1"):
+    return (path, job, number, _ts(day), _ts(day, 2), None, commit, name, 1.5, failed, text)
+
+
+def _build(path, job, number, day, failed=1, result="FAILURE"):
+    return (path, job, number, _ts(day), _ts(day, 2), 3600.7, 10, failed, result, "prow")
+
+
+def _hand_made(tmp_path):
+    logs = "gs://k/logs/" + JOB
+    pr = "gs://k/pr-logs/pull/77/" + PR_JOB
+    results = [
+        _row(f"{logs}/10", JOB, 10, -1, "[sig-node] Pods work", True, PANIC.format("c0001"), commit="c0"),
+        _row(f"{logs}/11", JOB, 11, 0, "[sig-node] Pods work", True, PANIC.format("c0002")),
+        _row(f"{logs}/12", JOB, 12, 0, "[sig-node] Pods work", False),
+        _row(f"{pr}/5", PR_JOB, 5, 0, "TestUnit", True, PANIC.format("ffff"), commit="c9"),
+        _row(f"{logs}/12", JOB, 12, 0, "TestOther", True, "timed out"),
+        _row(f"{logs}/10", "ci-kubernetes-coverage-unit", 10, 0, "TestCov", True, PANIC.format("1")),
+        _row(f"{logs}/11", JOB, 11, 0, None, True, "a failure without a test name"),
+    ]
+    builds = [_build(f"{logs}/10", JOB, 10, -1), _build(f"{logs}/11", JOB, 11, 0),
+              _build(f"{logs}/12", JOB, 12, 0), _build(f"{pr}/5", PR_JOB, 5, 0)]
+    return _home(tmp_path, results, builds)
+
+
+def test_failure_data_json_has_triage_exact_shape(tmp_path):
+    warehouse, staging = _hand_made(tmp_path)
+    meta = _materialize(warehouse, staging)
+    data = json.loads((tmp_path / "export" / "triage" / "failure_data.json").read_text())
+    key = PANIC.format("UNIQ1").replace("0xUNIQ1", "UNIQ1")
+    assert key == "panic: nil map at UNIQ1\ngoroutine 7 [running]:\nmain.go:12"
+    started = [int(_ts(0).timestamp()), int(_ts(-1).timestamp())]
+    assert data == {
+        "clustered": [{
+            "key": key,
+            "id": cluster_id(ngram_counts(key)),
+            "text": PANIC.format("c0001"),
+            "spans": [len("panic: nil map at "), len("0xc0001"), len("\ngoroutine 7 [running]:\nmain.go:12")],
+            "tests": [
+                {"name": "[sig-node] Pods work", "jobs": [{"name": JOB, "builds": ["11", "10"]}]},
+                {"name": "TestUnit", "jobs": [{"name": PR_JOB, "builds": ["5"]}]},
+            ],
+            "owner": "node",
+        }],
+        "builds": {
+            "jobs": {JOB: [10, 3, 0], PR_JOB: [5, 1, 3]},
+            "cols": {"started": [started[1], started[0], started[0], started[0]],
+                     "tests_failed": [1, 1, 1, 1], "elapsed": [3600, 3600, 3600, 3600],
+                     "tests_run": [10, 10, 10, 10], "result": ["FAILURE"] * 4, "executor": ["prow"] * 4,
+                     "pr": [None, None, None, "77"]},
+            "job_paths": {JOB: "gs://k/logs/" + JOB, PR_JOB: "gs://k/pr-logs/pull/77/" + PR_JOB},
+        },
+    }
+    assert meta["clusters"].value == 2 and meta["clusters_in_triage"].value == 1
+    assert meta["skipped_unnamed_failures"].value == 1
+    slices = tmp_path / "export" / "triage" / "slices"
+    cid = data["clustered"][0]["id"]
+    assert json.loads((slices / f"failure_data_{cid[:2]}.json").read_text())["clustered"] == data["clustered"]
+    assert json.loads((slices / "failure_data_sig-node.json").read_text())["clustered"] == data["clustered"]
+    assert len(list(slices.glob("failure_data_??.json"))) == 256
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        rows = conn.execute("SELECT cluster_id, failures, flaky_failures, tests, jobs, in_triage, first_seen, last_seen "
+                            "FROM failure_clusters ORDER BY failures DESC").fetchall()
+        assert rows[0] == (cid, 3, 1, 2, 2, True, _ts(-1), _ts(0))  # it passed in build 12 at c1: build 11 (c1) is flaky, 10 (c0) is not
+        assert rows[1][1:6] == (1, 0, 1, 1, False)
+        days = conn.execute("SELECT day, failures, flaky_failures, builds FROM failure_cluster_days "
+                            "WHERE cluster_id = ? ORDER BY day", [cid]).fetchall()
+        assert days == [(DAY - timedelta(days=1), 1, 0, 1), (DAY, 2, 1, 2)]
+        assert conn.execute("SELECT count(*) FROM failure_cluster_failures").fetchone()[0] == 4
+
+
+def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
+    corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
+    results, builds = [], {}
+    for f in corpus:
+        when = datetime.fromtimestamp(f.started, tz=timezone.utc).replace(tzinfo=None)
+        results.append((f.path, f.job, f.number, when, when, None, "c", f.test, 1.0, True, f.text))
+        builds[f.path] = (f.path, f.job, f.number, when, when, 60.0, 5, 1, "FAILURE", "prow")
+    last = max(r[3] for r in results).date()
+    warehouse, staging = _home(tmp_path, [r for r in results if r[3].date() < last], list(builds.values()))
+    first = _materialize(warehouse, staging, full=True)
+    out = tmp_path / "export" / "triage" / "failure_data.json"
+    blob = out.read_bytes()
+    again = _materialize(warehouse, staging, full=True)
+    assert out.read_bytes() == blob and again["failure_data_sha1"] == first["failure_data_sha1"]
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+        before = dict(conn.execute("SELECT key_hash, cluster_id FROM failure_clusters").fetchall())
+        conn.executemany("INSERT INTO test_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [r for r in results if r[3].date() == last])
+    meta = _materialize(warehouse, staging)
+    assert meta["mode"].value == "incremental"
+    assert meta["new_failures"].value == sum(1 for r in results if r[3].date() == last)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        after = dict(conn.execute("SELECT key_hash, cluster_id FROM failure_clusters").fetchall())
+    assert all(after[k] == before[k] for k in before.keys() & after.keys())
+    assert len(before.keys() & after.keys()) >= 0.9 * len(before)
+    # Other normalisation rules invalidate the previous keys: the window is clustered again.
+    assert _materialize(warehouse, staging, rules="go")["mode"].value == "full"
+
+
+def test_without_test_results_the_asset_says_so_and_succeeds(tmp_path):
+    warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(tmp_path / "warehouse.duckdb")))
+    meta = _materialize(warehouse, StagingStore(home=str(tmp_path)))
+    assert meta["missing_input"].value == "test_results" and meta["failures"].value == 0
+
+
+def test_normalising_in_worker_processes_gives_the_same_clustering():
+    corpus = _corpus_module().generate(3000, days=2, seed=5)
+    fs = sorted((Failure((f.path, f.test, 0), f.test, f.path, f.text, f.started) for f in corpus), key=failure_order)
+    one = cluster_stream(fs, workers=1)
+    two = cluster_stream(fs, workers=2)
+    assert list(two.local_ids) == list(one.local_ids) and two.global_key == one.global_key
