@@ -51,6 +51,9 @@ def _read_json(store: ArtifactReader, path: str, meta: BuildMeta) -> tuple[dict 
     except ValueError as exc:
         meta.problems.append(f"{path}: not JSON ({exc})")
         return None, raw
+    except RecursionError:
+        meta.problems.append(f"{path}: JSON nested too deeply to read; its fields are left empty")
+        return None, raw
     if not isinstance(value, dict):
         meta.problems.append(f"{path}: JSON is a {type(value).__name__}, not an object")
         return None, raw
