@@ -137,20 +137,26 @@ def test_rebuild_warehouse_restores_every_row(own_kettle):
 # --- 9. concurrent syncs on one fresh home ------------------------------------------------------
 
 
-def test_four_concurrent_syncs_on_a_fresh_home_serialise(sample_tree, tmp_path):
-    home = tmp_path / "home"
+@pytest.mark.servers  # four real `kettle sync` processes, about a minute
+def test_four_concurrent_syncs_on_a_fresh_home_serialise(tmp_path):
+    tree, home = tmp_path / "tree", tmp_path / "home"
+    at = int(SAMPLE_NOW - DAY)
+    for n in range(1, 4):
+        write_build(tree, f"{LOGS}/tiny-job/{n}", at + n, at)
+    buckets = tmp_path / "buckets.yaml"  # one bucket: fewer runs per sync, the same race
+    buckets.write_text(f'gs://{LOGS}/:\n  contact: "x"\n  prefix: ""\n')
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    env.update(KETTLE_STORAGE_ROOT=str(sample_tree), KETTLE_HOME=str(home), KETTLE_FETCH_THREADS="2")
-    kettle = [sys.executable, "-m", "kettle_assets.cli", "sync", "--buckets", str(Path(__file__).parent.parent / "buckets.yaml"),
+    env.update(KETTLE_STORAGE_ROOT=str(tree), KETTLE_HOME=str(home), KETTLE_FETCH_THREADS="2")
+    kettle = [sys.executable, "-m", "kettle_assets.cli", "sync", "--buckets", str(buckets),
               "--as-of", str(SAMPLE_NOW)]
     procs = [subprocess.Popen(kettle, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = [p.returncode for p in procs]
     assert codes == [0, 0, 0, 0], outs
-    assert sum("waiting for" in err for _out, err in outs) >= 1  # the others said why they waited
+    assert sum("waiting for the sync already running" in out + err for out, err in outs) >= 1  # said why
     later = subprocess.run(kettle, env=env, capture_output=True, text=True, timeout=600)
     assert later.returncode == 0, later.stderr
     import duckdb
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
         n, distinct = conn.execute('SELECT count(*), count(DISTINCT path) FROM "all"').fetchone()
-    assert n == distinct > 0
+    assert n == distinct == 3
