@@ -78,6 +78,8 @@ def test_hostile_timestamps_and_deep_metadata_are_counted_not_fatal(own_kettle):
     deep_started = f"{LOGS}/poison-deep/2"
     write_build(own_kettle.tree, deep_started, ok_at, ok_at - 100)
     (own_kettle.tree / deep_started / "started.json").write_text('{"timestamp": %d, %s}' % (ok_at - 100, _deep(100_000)))
+    # deep enough to parse once, too deep for later stages with less stack left
+    near_limit = write_build(own_kettle.tree, f"{LOGS}/poison-deep/3", ok_at, ok_at - 100, ", " + _deep(990))
     good = write_build(own_kettle.tree, f"{LOGS}/poison-neighbour/1", ok_at, ok_at - 100)
 
     first = own_kettle.sync()  # asserts every run succeeded
@@ -87,9 +89,9 @@ def test_hostile_timestamps_and_deep_metadata_are_counted_not_fatal(own_kettle):
         assert path in rows, path  # a row, with the unusable timestamp nulled
         started, finished = rows[path]
         assert (started if which == "started" else finished) is None, (path, rows[path])
-    assert "gs://" + deep_started in rows and deep_finished in rows
+    assert "gs://" + deep_started in rows and deep_finished in rows and near_limit in rows
     finished_bad = sum(1 for w in bad.values() if w == "finished")
-    assert first.buckets[LOGS]["problems"] >= finished_bad + 2  # filed by the object's time, counted
+    assert first.buckets[LOGS]["problems"] >= finished_bad + 3  # filed by the object's time, counted
     records = own_kettle.instance.fetch_materializations(dg.AssetKey("build_rows"), limit=100).records
     rows_problems = sum(r.asset_materialization.metadata["problems"].value for r in records)
     assert rows_problems >= len(bad)  # every nulled timestamp named in a log line and counted
