@@ -111,7 +111,8 @@ def cmd_sync(args) -> int:
     where = settings.storage_root if settings.env == "local" else "GCS"
     print(f"kettle sync ({settings.env}): buckets {settings.buckets_file}, artifacts {where}, home {settings.home}")
     try:
-        summary = run_sync(settings, as_of=args.as_of, recheck_paths=args.recheck, verbose=args.verbose)
+        summary = run_sync(settings, as_of=args.as_of, recheck_paths=args.recheck, verbose=args.verbose,
+                           rebuild_warehouse=args.rebuild_warehouse)
     except Exception as exc:  # noqa: BLE001 - one line for a person, the details with -v
         explained = explain_failure(exc, home)
         if explained is not None:
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     sync.add_argument("--as-of", type=float, help="epoch seconds the week/day windows end at (default: now)")
     sync.add_argument("--recheck", action="append", default=[], metavar="PATH",
                       help="gs:// build folder to fetch again even if known (repeatable)")
+    sync.add_argument("--rebuild-warehouse", action="store_true",
+                      help="publish every staged day again (after losing or deleting warehouse.duckdb)")
     sync.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own debug events")
     sync.set_defaults(func=cmd_sync)
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
+from filelock import FileLock, Timeout
 
 from .automation import (
     collect_bucket_job, contiguous_ranges, range_tags, refresh_windows_job, stage_and_publish_job,
@@ -95,7 +96,31 @@ def run_sync(
     recheck_paths: list[str] | None = None,
     echo: Callable[[str], None] = print,
     verbose: bool = True,
+    rebuild_warehouse: bool = False,
 ) -> SyncSummary:
+    """One cycle; syncs of one home take turns (a second one waits, saying for whom), since
+    two at once would race to create the home's Dagster instance and staging files."""
+    home = Path(settings.home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(home / ".sync.lock")
+    holder = home / ".sync.lock.holder"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            who = holder.read_text().strip()
+        except OSError:
+            who = "another process"
+        echo(f"kettle sync: waiting for the sync already running on {home} ({who}) to finish")
+        lock.acquire()
+    try:
+        holder.write_text(f"pid {os.getpid()}, started {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC\n")
+        return _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse, verbose)
+    finally:
+        lock.release()
+
+
+def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse, verbose) -> SyncSummary:
     t0 = time.monotonic()
     log_config = LOG_INFO if verbose else LOG_QUIET
     summary = SyncSummary()
@@ -140,6 +165,10 @@ def run_sync(
     day_partitions = defs.resolve_assets_def("build_rows").partitions_def
     # Every day with unpublished changes: this cycle's, and any an earlier cycle failed to publish.
     pending = set(resources["staging"].dirty_days()) | affected
+    if rebuild_warehouse:  # every staged day published again, e.g. into a new, empty warehouse
+        staged = resources["staging"].row_days()
+        echo(f"[rebuild] re-publishing {len(staged)} staged days into the warehouse")
+        pending |= set(staged)
     valid = set()
     for day in sorted(pending):
         if day_partitions.has_partition_key(day):

@@ -122,7 +122,15 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
                     for p in meta.problems:
                         context.log.warning(f"build_metadata {key}: {p}")
                     problems.extend(meta.problems)
-                    if meta.state == collect.FINISHED and bucket.excludes(_job_of(meta.path)):
+                    owner = settings.buckets.owner_of(meta.path) if meta.path else None
+                    if meta.state in (collect.FINISHED, collect.GIVEN_UP) and owner not in (None, bucket):
+                        # a PR entry naming another bucket's build: that bucket collects it, once
+                        context.log.warning(
+                            f"build_metadata {key}: {meta.listed_as} points at {meta.path}, a build of "
+                            f"{owner.url}; skipped here"
+                        )
+                        meta.state = "foreign"
+                    elif meta.state == collect.FINISHED and bucket.excludes(_job_of(meta.path)):
                         meta.state = "excluded"  # a PR entry whose folder belongs to an excluded job
                     states[meta.state] += 1
                     if meta.state in (collect.FINISHED, collect.GIVEN_UP):
@@ -148,6 +156,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
                 "given_up": states[collect.GIVEN_UP],
                 "absent": states[collect.ABSENT],
                 "excluded": states["excluded"],
+                "foreign_builds": states["foreign"],
                 "bad_paths": states[collect.BAD_PATH],
                 "artifact_retries": artifacts.retries - retries_before,
                 "artifacts_refused": report_refused(context, artifacts, refused_before, f"build_metadata {key}"),

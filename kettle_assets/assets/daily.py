@@ -5,6 +5,7 @@ is missing. Streaming runs name their builds in run config (`builds`): they coll
 and publish exactly those, so a notification costs a few builds' work, not a day's.
 """
 
+import itertools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -307,6 +308,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         loaded = exported_bytes = 0
         skipped = []
         per_day: list[dict] = []
+        pruned = staging.pruned_days()
         for day in context.partition_keys:
             rows_file = staging.rows_file(day)
             if not rows_file.exists():
@@ -316,10 +318,22 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                     {"rows_loaded": 0, "dagster/row_count": 0, "export_bytes": 0, "skipped": True}, partition_key=day
                 )
                 continue
-            export, count, size = staging.write_export(f"all/{day}.json.gz", staging.row_batches(day))  # count: the day's rows
-            if config.builds:
+            relpath = f"all/{day}.json.gz"
+            if day in pruned:
+                # staging holds only late builds of this day: add them, keep every published row
+                staged = staging.read_rows(day, ["path"]).column("path").to_pylist()
+                old_lines = staging.export_batches_without(relpath, set(staged))
+                export, count, size = staging.write_export(
+                    relpath, itertools.chain(old_lines, staging.row_batches(day))
+                )
+                n = warehouse.upsert_paths("all", [rows_file], staged)
+                staging.clear_dirty(day, staging.junit_read_at(day))
+                context.log.info(f"build_all {day}: staging was pruned; {n} late rows added, the rest kept")
+            elif config.builds:
+                export, count, size = staging.write_export(relpath, staging.row_batches(day))
                 n = warehouse.upsert_paths("all", [rows_file], config.builds)
             else:
+                export, count, size = staging.write_export(relpath, staging.row_batches(day))
                 n = warehouse.replace_day(day, rows_file, export)
                 staging.clear_dirty(day, staging.junit_read_at(day))
             loaded += n
@@ -384,5 +398,8 @@ def _row_for(context, day, meta, tests, buckets, settings, totals, trims) -> dic
 def _loads(text: str | None) -> dict | None:
     if text is None:
         return None
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # collection already counted it; staged text predates that check
+        return None
     return value if isinstance(value, dict) else None

@@ -42,6 +42,21 @@ class BuildMeta:
     problems: list[str] = field(default_factory=list)
 
 
+MAX_JSON_DEPTH = 100  # deeper started/finished.json is unreadable (Prow's are 3 or 4 levels deep)
+TOO_DEEP = object()
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest in `value`, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _read_json(store: ArtifactReader, path: str, meta: BuildMeta) -> tuple[dict | None, bytes | None]:
     raw = store.read(path)
     if raw is None:
@@ -50,6 +65,12 @@ def _read_json(store: ArtifactReader, path: str, meta: BuildMeta) -> tuple[dict 
         value = json.loads(raw.decode("utf-8", errors="replace"))
     except ValueError as exc:
         meta.problems.append(f"{path}: not JSON ({exc})")
+        return None, raw
+    except RecursionError:
+        value = TOO_DEEP
+    if value is TOO_DEEP or _depth(value) > MAX_JSON_DEPTH:
+        # later stages re-parse and re-encode it with less stack to spare: refuse it here, once
+        meta.problems.append(f"{path}: JSON nested over {MAX_JSON_DEPTH} levels; its fields are left empty")
         return None, raw
     if not isinstance(value, dict):
         meta.problems.append(f"{path}: JSON is a {type(value).__name__}, not an object")

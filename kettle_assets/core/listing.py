@@ -41,7 +41,7 @@ class BadPath(ValueError):
 
 
 def check_build_path(path: str) -> str:
-    path = path.strip().rstrip("/")
+    path = path.rstrip("/")  # never strip spaces: "12 " is a folder of its own
     if not path.startswith("gs://"):
         raise BadPath(f"not a gs:// URL: {path[:200]!r}")
     parts = path[5:].split("/")

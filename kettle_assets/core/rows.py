@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 INT64_MAX = 2**63 - 1
+# BigQuery's TIMESTAMP range, 0001-01-01 .. 9999-12-31 UTC: a time outside it could not be loaded.
+EPOCH_MIN = -62135596800
+EPOCH_MAX = 253402300799
 
 
 @dataclass
@@ -38,20 +41,21 @@ def job_and_number(path: str, prefix: str) -> tuple[str, int | None]:
 
 
 def epoch_seconds(value: Any) -> int | None:
-    """Kettle's `int(timestamp)`, tolerant of strings and floats; None when unusable."""
+    """Kettle's `int(timestamp)`, tolerant of strings and floats; None when unusable,
+    including a time no warehouse TIMESTAMP can hold (year 1..9999)."""
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return int(value)
+        seconds = int(value)
     except (TypeError, ValueError, OverflowError):
-        pass
-    try:
-        f = float(value)
-        if f != f or f in (float("inf"), float("-inf")):
+        try:
+            f = float(value)
+            if f != f or f in (float("inf"), float("-inf")):
+                return None
+            seconds = int(f)
+        except (TypeError, ValueError, OverflowError):
             return None
-        return int(f)
-    except (TypeError, ValueError, OverflowError):
-        return None
+    return seconds if EPOCH_MIN <= seconds <= EPOCH_MAX else None
 
 
 def _as_string(value: Any, name: str, problems: RowProblems) -> str | None:

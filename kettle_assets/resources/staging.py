@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -286,6 +287,23 @@ class StagingStore(dg.ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(value)
 
+    def export_batches_without(self, relpath: str, paths: set[str]) -> Iterator[pa.RecordBatch]:
+        """The lines of an existing export (as `_json` batches) whose build is not in `paths`."""
+        path = self.export_dir / relpath
+        if not path.exists():
+            return
+        kept: list[str] = []
+        with gzip.open(path, "rt", encoding="ascii") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if line and json.loads(line).get("path") not in paths:
+                    kept.append(line)
+                if len(kept) >= 256:
+                    yield pa.record_batch({"_json": pa.array(kept, pa.string())})
+                    kept = []
+        if kept:
+            yield pa.record_batch({"_json": pa.array(kept, pa.string())})
+
     def write_export(self, relpath: str, batches: Iterable[pa.RecordBatch]) -> tuple[Path, int, int]:
         """Kettle's make_json output (the rows' stored `_json` lines), gzipped, written atomically;
         returns (path, rows, bytes)."""
@@ -306,12 +324,26 @@ class StagingStore(dg.ConfigurableResource):
             raise
         return path, count, path.stat().st_size
 
+    def pruned_days(self) -> set[str]:
+        """Days whose staging retention dropped: their staged rows, if any, are only late
+        arrivals, so publishing one must add to the warehouse, never replace the day."""
+        folder = self.root / "pruned"
+        return {f.name for f in folder.iterdir()} if folder.exists() else set()
+
     def prune_before(self, day: str) -> list[str]:
         """Retention: drop per-day staging older than `day`, except days not yet published.
         The known index stays, so pruned builds are never fetched again; the warehouse keeps
-        their rows (build_all leaves a day without staged rows as it is)."""
+        their rows (build_all leaves a day without staged rows as it is, and adds late
+        builds of a pruned day to it)."""
         keep = set(self.dirty_days())
         dropped = []
+        marks = self.root / "pruned"
+        marks.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root / "rows", self.root / "junit", self.root / "metadata"):
+            for f in sorted(folder.glob("*")) if folder.exists() else []:
+                stem = f.name.split(".")[0]
+                if stem < day and stem not in keep:
+                    (marks / stem).touch()  # before anything is deleted: a crash leaves the mark
         for kind in ("junit", "rows"):
             folder = self.root / kind
             for f in sorted(folder.glob("*")) if folder.exists() else []:
