@@ -28,6 +28,8 @@ from .assets.collection import make_collection_assets
 from .assets.checks import make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
+from .assets.metrics import make_metric_assets
+from .assets.test_results import make_test_results_asset
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
 from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
@@ -149,7 +151,11 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
     junit_results, build_rows, build_all = make_daily_assets(day_partitions(settings.start_date), build_metadata)
     build_week, build_day = make_window_assets(build_rows)
-    return [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
+    test_results = make_test_results_asset(day_partitions(settings.start_date), build_all)
+    return [
+        build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day,
+        test_results, *make_metric_assets(build_all, test_results),
+    ]
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:

@@ -17,7 +17,9 @@ from typing import Callable
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 
-from .automation import COLLECT_SELECTION, DAILY_SELECTION, WINDOW_SELECTION, contiguous_ranges, range_tags
+from .automation import (
+    COLLECT_SELECTION, DAILY_SELECTION, METRICS_SELECTION, WINDOW_SELECTION, contiguous_ranges, range_tags,
+)
 from .project import Settings, build_assets, build_checks, build_resources
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -30,6 +32,7 @@ class SyncSummary:
     out_of_range_days: list[str] = field(default_factory=list)
     rows_loaded: int = 0
     windows: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runs: int = 0
@@ -132,6 +135,14 @@ def run_sync(
     )
     for table in ("week", "day"):
         summary.windows[table] = _metadata(result, f"build_{table}").get("dagster/row_count", 0)
+    echo("[metrics] flakes, build-stats, failures, job-health, presubmit-health, test flakiness")
+    metric_keys = METRICS_SELECTION.resolve(assets)
+    result = materialize(
+        METRICS_SELECTION, "metrics",
+        run_config={**LOG_INFO, "ops": {k.path[-1]: window_config for k in metric_keys}},
+    )
+    for key in metric_keys:
+        summary.metrics[key.path[-1]] = _metadata(result, key.path[-1]).get("dagster/row_count", 0)
     if settings.retention_days > 0:
         cutoff = datetime.fromtimestamp(as_of if as_of is not None else time.time(), tz=timezone.utc).date()
         cutoff -= timedelta(days=settings.retention_days)
