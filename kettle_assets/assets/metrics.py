@@ -21,6 +21,14 @@ from .test_results import METRICS_GROUP
 
 FLAKINESS_TABLE = "test_flakiness"
 
+# After any day of `all` (or `test_results`) is published, once no upstream run is in flight.
+# Not eager(): that waits for every upstream day partition to exist, back to the start date.
+AFTER_NEW_ROWS = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after_new_rows")
+
 
 class MetricWindowConfig(dg.Config):
     as_of: Optional[float] = None  # epoch seconds the window ends at; default: now
@@ -68,7 +76,7 @@ def _metric_asset(name: str, deps: list) -> dg.AssetsDefinition:
         kinds={"duckdb", "bigquery", "json"},
         pool="warehouse",
         code_version="1",
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=AFTER_NEW_ROWS,
         description=f"{metric.description} Table `{metric.table}`, export metrics/{name}-latest.json.",
     )
     def metric_asset(
@@ -102,7 +110,7 @@ def _flakiness_asset(test_results: dg.AssetsDefinition) -> dg.AssetsDefinition:
         kinds={"duckdb", "bigquery", "json"},
         pool="warehouse",
         code_version="1",
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=AFTER_NEW_ROWS,
         description=(
             "Per job and test over the window (7 days): flips (a pass then a failure, breaks of 3+ "
             "failures and infra failures left out) per result, and the trend against the window before."
