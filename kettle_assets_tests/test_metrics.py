@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import sqlglot
 
-from kettle_assets.core.metrics import (
-    METRICS, Window, flips, metric_sql, shape, per_test_flakiness, flakiness_rows, flakiness_sql,
-)
+import random
+
+from kettle_assets.core.metrics import METRICS, Window, flakiness_sql, metric_sql, shape
 from kettle_assets.project import duckdb_warehouse
 from kettle_assets.resources.staging import ROW_SCHEMA
 
@@ -198,36 +198,87 @@ def test_presubmit_health_by_hand(warehouse):
                        "prs_failed": 1, "total_runs": 2, "avg_run_time_minutes": 10.0, "avg_pass_time_minutes": 10.0}]
 
 
-def test_flips_count_flakes_not_breaks():
+def oracle_flips(outcomes: list[bool]) -> int:
+    """Flips by hand: a failure after a pass, unless 3+ failures follow in a row."""
+    count, i = 0, 0
+    while i < len(outcomes):
+        if outcomes[i] and i > 0 and not outcomes[i - 1]:
+            run = 1
+            while i + run < len(outcomes) and outcomes[i + run]:
+                run += 1
+            count += run < 3
+            i += run
+        else:
+            i += 1
+    return count
+
+
+def insert_series(wh, series: dict[str, list], keep_build_passing=True):
+    """One build per result (plus a passing companion test, so no build has every test failed)."""
+    with wh.duckdb.get_connection() as conn:
+        for name, outcomes in series.items():
+            for i, item in enumerate(outcomes):
+                failed, text = item if isinstance(item, tuple) else (item, "assertion failed" if item else None)
+                path = f"gs://b/logs/j/{name}-{i}"
+                started = datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp() + i * 60
+                for test, f, t in [(name, failed, text)] + ([("companion", False, None)] if keep_build_passing else []):
+                    conn.execute(
+                        "INSERT INTO test_results VALUES (?, 'j', ?, make_timestamp(?::BIGINT * 1000000), "
+                        "make_timestamp(?::BIGINT * 1000000), NULL, 'c', ?, 1.0, ?, ?)",
+                        [path, i, int(started), int(started) + 30, test, f, t],
+                    )
+
+
+def flakiness(wh, window=Window(datetime(2026, 11, 30, tzinfo=timezone.utc), AS_OF)):
+    return {(r["job"], r["name"]): r for r in wh.query(flakiness_sql(window))}
+
+
+def test_flips_count_flakes_not_breaks(tmp_path):
     P, F = False, True
-    assert flips([]) == 0
-    assert flips([F, P, P]) == 0  # a failure first follows no pass
-    assert flips([P, F, P, F, P]) == 2
-    assert flips([P, F, F, P]) == 1  # two failures in a row: still a flake
-    assert flips([P, F, F, F, P, F]) == 1  # three in a row is a break; the last failure is a flip
-    assert flips([P, P, P]) == 0
+    cases = {
+        "first-fail": [F, P, P],  # a failure first follows no pass
+        "two": [P, F, P, F, P],
+        "pair": [P, F, F, P],  # two failures in a row: still a flake
+        "break": [P, F, F, F, P, F],  # three in a row is a break; the last failure is a flip
+        "green": [P, P, P],
+        "infra": [P, (F, "timeout"), P, (F, "  deadline\n"), P, (F, "assertion failed")],  # one-word texts left out
+    }
+    wh = duckdb_warehouse(tmp_path)
+    wh.ensure_tables()
+    insert_series(wh, cases)
+    got = flakiness(wh)
+    assert {n: got[("j", n)]["flips"] for n in cases} == {
+        "first-fail": 0, "two": 2, "pair": 1, "break": 1, "green": 0, "infra": 1}
+    assert got[("j", "infra")]["considered"] == 4 and got[("j", "infra")]["flakiness"] == 25.0
 
 
-def test_flakiness_leaves_out_infra_failures_and_all_failed_builds_with_trend(warehouse):
-    def results(window):
-        return per_test_flakiness(warehouse.query(flakiness_sql(window.start, window.end)))
+def test_flips_in_sql_match_the_hand_rule_on_random_series(tmp_path):
+    rng = random.Random(7)
+    series = {f"t{k}": [rng.random() < 0.4 for _ in range(rng.randint(1, 30))] for k in range(40)}
+    wh = duckdb_warehouse(tmp_path)
+    wh.ensure_tables()
+    insert_series(wh, series)
+    got = flakiness(wh)
+    assert {n: got[("j", n)]["flips"] for n in series} == {n: oracle_flips(o) for n, o in series.items()}
 
-    current = results(Window(datetime(2026, 12, 2, tzinfo=timezone.utc), AS_OF))
+
+def test_flakiness_leaves_out_all_failed_builds_with_trend(warehouse):
+    current = flakiness(warehouse, Window(datetime(2026, 12, 2, tzinfo=timezone.utc), AS_OF))
     # A in build order: pass(1) fail(2) pass(3) pass(4); builds 5 and 6 left out (every test failed)
-    assert current[("ci-kubernetes-e2e", "A")] == {"considered": 4, "flips": 1, "flakiness": 25.0}
-    assert current[("ci-kubernetes-e2e", "B")] == {"considered": 4, "flips": 0, "flakiness": 0.0}
+    a = current[("ci-kubernetes-e2e", "A")]
+    assert (a["considered"], a["flips"], a["flakiness"]) == (4, 1, 25.0)
+    assert (current[("ci-kubernetes-e2e", "B")]["considered"], current[("ci-kubernetes-e2e", "B")]["flips"]) == (4, 0)
     # T1: pass, fail, [batch: its only test failed -> left out], pass
-    assert current[("pr:pull-kubernetes-unit", "T1")] == {"considered": 3, "flips": 1, "flakiness": 33.33}
-    infra = per_test_flakiness([
-        {"job": "j", "name": "t", "failed": f, "failure_text": text, "build_tests": 2, "build_failures": 1}
-        for f, text in [(False, None), (True, "timeout"), (False, None), (True, "assertion failed")]
-    ])
-    assert infra[("j", "t")] == {"considered": 3, "flips": 1, "flakiness": 33.33}
-    trend = flakiness_rows(current, {("ci-kubernetes-e2e", "A"): {"considered": 4, "flips": 0, "flakiness": 10.0}})
-    assert [r["name"] for r in trend] == ["T1", "A", "B", "T2"]  # flakiest first
-    assert trend[1] == {"job": "ci-kubernetes-e2e", "name": "A", "considered": 4, "flips": 1, "flakiness": 25.0,
-                        "previous_flakiness": 10.0, "trend": 15.0}
-    assert next(r for r in trend if r["name"] == "T1")["trend"] is None
+    t1 = current[("pr:pull-kubernetes-unit", "T1")]
+    assert (t1["considered"], t1["flips"], t1["flakiness"], t1["trend"]) == (3, 1, 33.33, None)
+    # a window of 1 day from 12-03: only day 2 (A failed alone in build 6: left out)
+    since = Window(datetime(2026, 12, 3, tzinfo=timezone.utc), datetime(2026, 12, 4, tzinfo=timezone.utc))
+    # against 12-02, where A flipped once in 4: trend is the change
+    later = flakiness(warehouse, since)
+    assert ("ci-kubernetes-e2e", "A") not in later
+    t1_later = later[("pr:pull-kubernetes-unit", "T1")]
+    assert (t1_later["considered"], t1_later["flips"], t1_later["previous_flakiness"], t1_later["trend"]) == (
+        1, 0, 50.0, -50.0)
 
 
 @pytest.mark.parametrize("name", sorted(METRICS))

@@ -13,7 +13,7 @@ from typing import Optional
 
 import dagster as dg
 
-from ..core.metrics import METRICS, Window, flakiness_rows, flakiness_sql, metric_sql, shape, per_test_flakiness, to_json
+from ..core.metrics import METRICS, Window, flakiness_sql, metric_sql, shape, to_json
 from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
 from .common import md_table
@@ -120,31 +120,25 @@ def _flakiness_asset(test_results: dg.AssetsDefinition) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, config: MetricWindowConfig, staging: StagingStore, warehouse: Warehouse
     ) -> dg.MaterializeResult:
         window = window_of(config, 7)
-        previous = Window(window.start - (window.end - window.start), window.start)
-        current_rows = per_test_flakiness(warehouse.query(flakiness_sql(window.start, window.end)))
-        previous_rows = per_test_flakiness(warehouse.query(flakiness_sql(previous.start, previous.end)))
-        rows = flakiness_rows(current_rows, previous_rows)
-        count = warehouse.replace_rows(FLAKINESS_TABLE, rows, FLAKINESS_COLUMNS)
+        count = warehouse.replace_table(FLAKINESS_TABLE, flakiness_sql(window))
+        top = warehouse.query(f'SELECT * FROM "{FLAKINESS_TABLE}" WHERE flips > 0 LIMIT 10')
+        flaky = warehouse.count(FLAKINESS_TABLE, "flips > 0")
+        # the export: the tests that flipped at least once (the table holds every test)
+        rows = warehouse.query(f'SELECT * FROM "{FLAKINESS_TABLE}" WHERE flips > 0')
         latest = _write_exports(staging, "test-flakiness", to_json(rows), window.end.date().isoformat())
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": count,
                 "window_start": window.start.isoformat(),
                 "window_end": window.end.isoformat(),
-                "flaky_tests": sum(1 for r in rows if r["flips"]),
+                "flaky_tests": flaky,
                 "export": latest,
                 "table": warehouse.describe(FLAKINESS_TABLE),
-                "top_rows": dg.MetadataValue.md(_preview(rows)),
+                "top_rows": dg.MetadataValue.md(_preview(top)),
             }
         )
 
     return test_flakiness_asset
-
-
-FLAKINESS_COLUMNS = [
-    ("job", "VARCHAR"), ("name", "VARCHAR"), ("considered", "BIGINT"), ("flips", "BIGINT"),
-    ("flakiness", "DOUBLE"), ("previous_flakiness", "DOUBLE"), ("trend", "DOUBLE"),
-]
 
 
 def make_metric_assets(build_all: dg.AssetsDefinition, test_results: dg.AssetsDefinition) -> list[dg.AssetsDefinition]:

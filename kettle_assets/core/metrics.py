@@ -309,72 +309,51 @@ def to_json(value) -> str:
 
 # --- per-test flakiness (flips) ---
 
-FLAKINESS_SQL = """
-    SELECT t.job, t.name, t.path, t.started, t.number, t.failed, t.failure_text,
-           count(*) OVER (PARTITION BY t.path) AS build_tests,
-           sum(CASE WHEN t.failed THEN 1 ELSE 0 END) OVER (PARTITION BY t.path) AS build_failures
-    FROM test_results AS t
-    WHERE t.started >= {start} AND t.started < {end}
-    ORDER BY t.job, t.name, t.started, t.number, t.path
-"""
-
 BREAK_LENGTH = 3  # this many consecutive failures are a break, not a flake
 
 
-def flakiness_sql(start: datetime, end: datetime) -> str:
-    return FLAKINESS_SQL.format(start=_ts(start), end=_ts(end))
+def _flips_in(start: datetime, end: datetime) -> str:
+    """Per (job, test) in [start, end): results considered and flips, in build order.
+
+    Left out: infra failures (a failure text of one word) and builds whose every test failed.
+    A flip is a failure right after a pass, unless it starts BREAK_LENGTH or more failures in a row.
+    """
+    return f"""
+        SELECT job, name, count(*) AS considered,
+               sum(CASE WHEN failed AND prev_failed = FALSE AND run_length < {BREAK_LENGTH} THEN 1 ELSE 0 END) AS flips
+        FROM (
+            SELECT job, name, failed, lag(failed) OVER (PARTITION BY job, name ORDER BY started, number, path) AS prev_failed,
+                   count(*) OVER (PARTITION BY job, name, failed, island) AS run_length
+            FROM (
+                SELECT job, name, failed, started, number, path,
+                       row_number() OVER (PARTITION BY job, name ORDER BY started, number, path)
+                       - row_number() OVER (PARTITION BY job, name, failed ORDER BY started, number, path) AS island
+                FROM (
+                    SELECT t.job, t.name, t.failed, t.started, t.number, t.path, t.failure_text,
+                           count(*) OVER (PARTITION BY t.path) AS build_tests,
+                           sum(CASE WHEN t.failed THEN 1 ELSE 0 END) OVER (PARTITION BY t.path) AS build_failures
+                    FROM test_results AS t
+                    WHERE t.started >= {_ts(start)} AND t.started < {_ts(end)}
+                ) AS scoped
+                WHERE build_failures < build_tests
+                  AND NOT (failed AND coalesce(regexp_matches(failure_text, '^\\s*\\S+\\s*$'), FALSE))
+            ) AS islands
+        ) AS ordered
+        GROUP BY job, name
+    """
 
 
-def is_infra_failure(failure_text: str | None) -> bool:
-    """A failure whose text is a single word (e.g. `timeout`) says nothing about the test."""
-    return failure_text is not None and len(failure_text.split()) == 1
-
-
-def flips(outcomes: list[bool]) -> int:
-    """Passes followed by a failure, in build order (`True` = failed), not counting a
-    failure that starts a run of BREAK_LENGTH or more consecutive failures."""
-    count, i = 0, 0
-    while i < len(outcomes):
-        if outcomes[i] and i > 0 and not outcomes[i - 1]:
-            run = 1
-            while i + run < len(outcomes) and outcomes[i + run]:
-                run += 1
-            if run < BREAK_LENGTH:
-                count += 1
-            i += run
-        else:
-            i += 1
-    return count
-
-
-def per_test_flakiness(rows: Iterable[dict]) -> dict[tuple[str, str], dict]:
-    """Per (job, test): results considered, flips and flakiness (100 * flips / considered),
-    from rows ordered by job, test and build order; infra failures and builds whose every
-    test failed are left out."""
-    series: dict[tuple[str, str], list[bool]] = {}
-    for r in rows:
-        if r["build_tests"] and r["build_failures"] == r["build_tests"]:
-            continue
-        if r["failed"] and is_infra_failure(r["failure_text"]):
-            continue
-        series.setdefault((r["job"], r["name"]), []).append(bool(r["failed"]))
-    out = {}
-    for key, outcomes in series.items():
-        n = flips(outcomes)
-        out[key] = {"considered": len(outcomes), "flips": n, "flakiness": round(100.0 * n / len(outcomes), 2)}
-    return out
-
-
-def flakiness_rows(current: dict, previous: dict) -> list[dict]:
-    """Current window's flakiness per (job, test) with its trend: the change since the
-    previous window (None when the test did not run then)."""
-    rows = []
-    for (job, name), v in current.items():
-        before = previous.get((job, name))
-        rows.append({
-            "job": job, "name": name, **v,
-            "previous_flakiness": before["flakiness"] if before else None,
-            "trend": round(v["flakiness"] - before["flakiness"], 2) if before else None,
-        })
-    rows.sort(key=lambda r: (-r["flakiness"], -r["flips"], r["job"], r["name"]))
-    return rows
+def flakiness_sql(window: Window) -> str:
+    """Per (job, test) over `window`: flakiness = 100 * flips / results considered, with its
+    trend: the change since the window of the same length just before (NULL if it did not run)."""
+    previous = Window(window.start - (window.end - window.start), window.start)
+    return f"""
+        WITH cur AS ({_flips_in(window.start, window.end)}),
+             prev AS ({_flips_in(previous.start, previous.end)})
+        SELECT c.job, c.name, c.considered, c.flips,
+               round(100.0 * c.flips / c.considered, 2) AS flakiness,
+               round(100.0 * p.flips / p.considered, 2) AS previous_flakiness,
+               round(100.0 * c.flips / c.considered, 2) - round(100.0 * p.flips / p.considered, 2) AS trend
+        FROM cur AS c LEFT JOIN prev AS p ON c.job = p.job AND c.name = p.name
+        ORDER BY flakiness DESC, c.flips DESC, c.job, c.name
+    """

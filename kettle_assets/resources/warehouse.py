@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -75,10 +74,6 @@ class Warehouse(dg.ConfigurableResource):
 
     def replace_table(self, table: str, sql: str) -> int:
         """`table` replaced by the rows of `sql` (DuckDB's dialect); returns its row count."""
-        raise NotImplementedError
-
-    def replace_rows(self, table: str, rows: list[dict], columns: list[tuple[str, str]]) -> int:
-        """`table` (DuckDB column types) replaced by `rows` computed in Python."""
         raise NotImplementedError
 
 
@@ -208,15 +203,6 @@ class DuckDBWarehouse(Warehouse):
         with self.duckdb.get_connection() as conn:
             conn.execute(f'CREATE OR REPLACE TABLE "{table}" AS {sql}')
             return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
-
-    def replace_rows(self, table: str, rows: list[dict], columns: list[tuple[str, str]]) -> int:
-        data = pa.table({c: [r.get(c) for r in rows] for c, _ in columns})
-        select = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in columns)
-        with self.duckdb.get_connection() as conn:
-            conn.register("kettle_new_rows", data)
-            conn.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT {select} FROM kettle_new_rows')
-            conn.unregister("kettle_new_rows")
-        return len(rows)
 
     def count(self, table: str, where: str = "TRUE", params: dict | None = None) -> int:
         self.ensure_tables()
