@@ -172,12 +172,12 @@ def test_build_stats_failures_and_health_by_hand(warehouse):
     assert shape("failures", run(warehouse, "failures")) == {"ci-kubernetes-null": {"failing_days": 1}}
 
     health = {(r["day"], r["job"]): r for r in run(warehouse, "job-health")}
-    e2e1 = health[(at(DAY1, 0), "ci-kubernetes-e2e")]
+    e2e1 = health[(datetime.fromisoformat(DAY1), "ci-kubernetes-e2e")]
     # 5 runs, 3 passed; 9 tests of which 2 failed; every run 10 minutes
     assert (e2e1["runs"], e2e1["passed_runs"], e2e1["failure_rate"]) == (5, 3, 0.4)
     assert (e2e1["tests"], e2e1["failed_tests"], e2e1["test_failure_rate"]) == (9, 2, 0.222)
     assert (e2e1["p50_duration"], e2e1["p99_duration"]) == (10.0, 10.0)
-    null = health[(at(DAY2, 0), "ci-kubernetes-null")]
+    null = health[(datetime.fromisoformat(DAY2), "ci-kubernetes-null")]
     assert (null["runs"], null["failure_rate"], null["tests"], null["test_failure_rate"]) == (1, 1.0, 0, 0)
     latest = shape("job-health", run(warehouse, "job-health"))
     assert {r["day"] for r in latest} == {DAY2} and len(latest) == 3
@@ -188,7 +188,7 @@ def test_build_stats_failures_and_health_by_hand(warehouse):
 
 def test_presubmit_health_by_hand(warehouse):
     rows = run(warehouse, "presubmit-health")
-    day1 = [r for r in rows if r["day"] == at(DAY1, 0)]
+    day1 = [r for r in rows if r["day"] == datetime.fromisoformat(DAY1)]
     # PR 101: 2 runs, 1 pass -> a PR with a failed run; 20 minutes over 2 runs
     assert [(r["prs"], r["prs_failed"], r["pr_failure_perc"], r["total_runs"], r["avg_run_time_minutes"],
              r["avg_pass_time_minutes"]) for r in day1] == [(1, 0 + 1, 100.0, 2, 10.0, 10.0)]

@@ -120,7 +120,7 @@ def _flakes_sql(w: Window) -> str:
 
 def _build_stats_sql(w: Window) -> str:
     return f"""
-    SELECT CAST(epoch(date_trunc('day', started)) AS BIGINT) AS day,
+    SELECT date_trunc('day', started) AS day,
            count(started) AS invocations,
            sum(CASE WHEN result = 'SUCCESS' THEN 1 ELSE 0 END) AS passes,
            CASE WHEN count(started) > 0
@@ -151,23 +151,28 @@ def _failures_sql(w: Window) -> str:
 
 
 def _health_sql(w: Window, per_day: bool) -> str:
-    day = "CAST(epoch(date_trunc('day', started)) AS BIGINT)"
-    keys = f"{day} AS day, job" if per_day else "job"
-    group = "1, 2" if per_day else "1"
+    # BigQuery's PERCENTILE_CONT is analytic only: percentiles over the group as a window, then max().
+    day = "date_trunc('day', started)"
+    keys, part = (f"{day} AS day, job", f"job, {day}") if per_day else ("job", "job")
+    out_keys, group = ("day, job", "day, job") if per_day else ("job", "job")
     until = w.today if per_day else w.end
+    pct = "".join(
+        f", quantile_cont(elapsed, {q}) OVER (PARTITION BY {part}) / 60.0 AS p{n}" for n, q in (("99", 0.99), ("75", 0.75), ("50", 0.5))
+    )
     return f"""
-    SELECT {keys}, count(*) AS runs,
+    SELECT {out_keys}, count(*) AS runs,
            sum(CASE WHEN passed THEN 1 ELSE 0 END) AS passed_runs,
            CASE WHEN count(*) <> 0 THEN round(1 - sum(CASE WHEN passed THEN 1 ELSE 0 END) / count(*), 3) ELSE 0 END
                AS failure_rate,
            sum(tests_run) AS tests, sum(tests_failed) AS failed_tests,
            CASE WHEN sum(tests_run) <> 0 THEN round(sum(tests_failed) / sum(tests_run), 3) ELSE 0 END
                AS test_failure_rate,
-           round(quantile_cont(elapsed, 0.99) / 60.0, 3) AS p99_duration,
-           round(quantile_cont(elapsed, 0.75) / 60.0, 3) AS p75_duration,
-           round(quantile_cont(elapsed, 0.50) / 60.0, 3) AS p50_duration
-    FROM "all"
-    WHERE started > {_ts(w.start)} AND started < {_ts(until)} AND elapsed IS NOT NULL
+           round(max(p99), 3) AS p99_duration, round(max(p75), 3) AS p75_duration, round(max(p50), 3) AS p50_duration
+    FROM (
+        SELECT {keys}, passed, tests_run, tests_failed{pct}
+        FROM "all"
+        WHERE started > {_ts(w.start)} AND started < {_ts(until)} AND elapsed IS NOT NULL
+    ) AS b
     GROUP BY {group} ORDER BY {group}
     """
 
@@ -175,7 +180,7 @@ def _health_sql(w: Window, per_day: bool) -> str:
 def _presubmit_health_sql(w: Window) -> str:
     return f"""
     WITH per_pr AS (
-        SELECT CAST(epoch(date_trunc('day', started)) AS BIGINT) AS day, job,
+        SELECT date_trunc('day', started) AS day, job,
                regexp_extract(path, '/([0-9]+)/', 1) AS pr,
                sum(CASE WHEN result = 'SUCCESS' THEN 1 ELSE 0 END) AS passes, count(result) AS runs,
                sum(elapsed) AS total_elapsed, sum(CASE WHEN result = 'SUCCESS' THEN elapsed ELSE 0 END) AS passes_elapsed
@@ -242,8 +247,13 @@ def _num(value):
     return value
 
 
-def _iso_day(epoch: int) -> str:
-    return datetime.fromtimestamp(int(epoch), tz=timezone.utc).date().isoformat()
+def _epoch(day: datetime) -> int:
+    """A UTC day as the warehouses return it (DuckDB: naive UTC, BigQuery: aware) to epoch seconds."""
+    return int((day if day.tzinfo else day.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def _iso_day(day: datetime) -> str:
+    return day.date().isoformat()
 
 
 def _merge(objects: list[dict]):
@@ -288,7 +298,7 @@ def shape(name: str, rows: list[dict]):
             for j in _flakes_by_job(rows)
         ])
     if name == "build-stats":
-        return [{"day": str(r["day"]), "invocations": r["invocations"], "passes": _num(r["passes"]), "rate": _num(r["rate"])}
+        return [{"day": str(_epoch(r["day"])), "invocations": r["invocations"], "passes": _num(r["passes"]), "rate": _num(r["rate"])}
                 for r in _newest(rows)]
     if name == "failures":
         return _merge([{r["job"]: {"failing_days": r["broken_days"]}}
