@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Iterable
 
 import sqlglot
+from sqlglot import exp
 
 TEST_RESULT_COLUMNS = [
     ("path", "VARCHAR NOT NULL"), ("job", "VARCHAR"), ("number", "BIGINT"), ("started", "TIMESTAMP"),
@@ -38,7 +39,7 @@ COMMIT = (
 # PR-directory buckets keep builds under .../pull/[<org>_<repo>/]<pr>/<job>/<build>.
 PR_NUMBER = "TRY_CAST(nullif(regexp_extract(a.path, '/pull/(?:[^/]+/)?([0-9]+)/', 1), '') AS BIGINT)"
 # Refs in the repos text: the base plus one per PR, so exactly 2 means a single-PR (serial) run.
-REPOS_REFS = f"len(string_split(replace({REPOS_TEXT}, ', ', ''), ','))"
+REPOS_REFS = f"array_length(string_split(replace({REPOS_TEXT}, ', ', ''), ','))"
 
 
 def _ts(value: datetime) -> str:
@@ -234,6 +235,22 @@ def metric_sql(name: str, window: Window, dialect: str = "duckdb") -> str:
     if dialect == "duckdb":
         return text
     return sqlglot.transpile(text, read="duckdb", write=dialect, pretty=True)[0]
+
+
+def to_bigquery(sql: str, project: str, dataset: str, tables: dict[str, str]) -> str:
+    """A DuckDB-dialect query in BigQuery's dialect, its tables (`tables`: our name -> BigQuery
+    table name) qualified with project and dataset."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    for table in tree.find_all(exp.Table):
+        if not table.args.get("db") and table.name in tables:
+            table.set("this", exp.to_identifier(tables[table.name], quoted=True))
+            table.set("db", exp.to_identifier(dataset, quoted=True))
+            table.set("catalog", exp.to_identifier(project, quoted=True))
+    # our TIMESTAMPs hold UTC: BigQuery's TIMESTAMP, not its zoneless DATETIME
+    for cast in tree.find_all(exp.Cast):
+        if cast.to.is_type(exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPNTZ):
+            cast.set("to", exp.DataType.build("TIMESTAMPTZ"))
+    return tree.sql(dialect="bigquery")
 
 
 # --- shaping rows into the <metric>-latest.json files (what the jq filters made) ---
