@@ -10,6 +10,8 @@
   Its first tick starts after the latest existing collection.
 - `refresh_windows_hourly` (schedule): rebuild `week` and `day` so they slide with time.
 - `close_yesterday` (schedule): redo yesterday's partition once it is complete.
+- `refresh_metrics_on_new_rows` (automation condition sensor): `test_results` and the metrics
+  follow `all` eagerly: a day published (by any run) recomputes them once.
 """
 
 import hashlib
@@ -29,8 +31,9 @@ from .resources.staging import StagingStore
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 COLLECT_SELECTION = dg.AssetSelection.assets("build_listing", "build_metadata")
-DAILY_SELECTION = dg.AssetSelection.assets("junit_results", "build_rows", "build_all")
+DAILY_SELECTION = dg.AssetSelection.assets("junit_results", "build_rows", "build_all", "test_results")
 WINDOW_SELECTION = dg.AssetSelection.assets("build_week", "build_day")
+METRICS_SELECTION = dg.AssetSelection.groups("metrics")
 
 collect_bucket_job = dg.define_asset_job(
     "collect_bucket", selection=COLLECT_SELECTION, description="List one bucket and fetch its new builds' metadata."
@@ -47,6 +50,14 @@ stream_job = dg.define_asset_job(
     "stream_builds",
     selection=DAILY_SELECTION | WINDOW_SELECTION,
     description="Collect, stage and publish the builds named in run config (one day partition per run).",
+)
+refresh_metrics_job = dg.define_asset_job(
+    "refresh_metrics", selection=METRICS_SELECTION,
+    description="The flake and health metrics and per-test flakiness over their windows.",
+)
+refresh_failure_clusters_job = dg.define_asset_job(
+    "refresh_failure_clusters", selection=dg.AssetSelection.assets("failure_clusters"),
+    description="Triage's failure clusters of the window (incremental).",
 )
 STREAM_OPS = ("junit_results", "build_rows", "build_all", "build_week", "build_day")
 UNPUBLISHED_GRACE_SECONDS = 600  # a dirty day older than this, with no run fixing it, is requested again
@@ -221,4 +232,12 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
         requests.append(dg.RunRequest(run_key=f"windows-{tag}", job_name=refresh_windows_job.name, tags=PUBLISH_PRIORITY))
         return dg.SensorResult(run_requests=requests, cursor=str(last) if last else None)
 
-    return [reconcile_buckets, refresh_windows_hourly, close_yesterday], [stream_finished_builds, publish_affected_days]
+    refresh_metrics = dg.AutomationConditionSensorDefinition(
+        "refresh_metrics_on_new_rows",
+        target=METRICS_SELECTION | dg.AssetSelection.assets("test_results"),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Recompute test_results and the metrics after new rows are published.",
+    )
+    return [reconcile_buckets, refresh_windows_hourly, close_yesterday], [
+        stream_finished_builds, publish_affected_days, refresh_metrics,
+    ]

@@ -26,13 +26,18 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from .automation import collect_bucket_job, make_automation, refresh_windows_job, stage_and_publish_job, stream_job
+from .automation import (
+    collect_bucket_job, make_automation, refresh_failure_clusters_job, refresh_metrics_job, refresh_windows_job,
+    stage_and_publish_job, stream_job,
+)
 from .assets.collection import make_collection_assets
 from .assets.checks import make_build_checks, make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
 from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.failure_clusters import failure_clusters, failure_clusters_automation
+from .assets.metrics import make_metric_assets
+from .assets.test_results import make_test_results_asset
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
 from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
@@ -208,10 +213,15 @@ def build_resources(settings: Settings) -> dict:
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     buckets = load_buckets(settings.buckets_file)
     build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
-    junit_results, build_rows, build_all = make_daily_assets(day_partitions(first_partition_day(settings)), build_metadata)
+    days = day_partitions(first_partition_day(settings))
+    junit_results, build_rows, build_all = make_daily_assets(days, build_metadata)
     build_week, build_day = make_window_assets(build_rows)
+    test_results = make_test_results_asset(days, build_all)
     assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
-    return [*(with_owners_and_schema(a, bucket_owners(buckets)) for a in assets), failure_clusters]
+    return [
+        *(with_owners_and_schema(a, bucket_owners(buckets)) for a in assets),
+        test_results, *make_metric_assets(build_all, test_results), failure_clusters,
+    ]
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:
@@ -226,7 +236,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=assets,
         asset_checks=build_checks(),
         resources=build_resources(settings),
-        jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job],
+        jobs=[
+            collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job, refresh_metrics_job,
+            refresh_failure_clusters_job,
+        ],
         schedules=schedules,
         sensors=[*sensors, failure_clusters_automation],
         executor=dg.in_process_executor,

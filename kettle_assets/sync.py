@@ -19,7 +19,8 @@ from dagster._core.instance.ref import InstanceRef
 from filelock import FileLock, Timeout
 
 from .automation import (
-    collect_bucket_job, contiguous_ranges, range_tags, refresh_windows_job, stage_and_publish_job,
+    METRICS_SELECTION, collect_bucket_job, contiguous_ranges, range_tags, refresh_failure_clusters_job,
+    refresh_metrics_job, refresh_windows_job, stage_and_publish_job,
 )
 from .launcher import RUN_PID_TAG
 from .project import Settings, build_assets, build_checks, build_resources
@@ -36,6 +37,8 @@ class SyncSummary:
     out_of_range_days: list[str] = field(default_factory=list)
     rows_loaded: int = 0
     windows: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, int] = field(default_factory=dict)
+    clusters: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runs: int = 0
@@ -72,7 +75,9 @@ def _definitions(settings: Settings, resources: dict) -> dg.Definitions:
     """The code location's jobs over the current day partitions, so the sync's runs carry their names."""
     return dg.Definitions(
         assets=build_assets(settings), asset_checks=build_checks(), resources=resources,
-        jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job], executor=dg.in_process_executor,
+        jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job, refresh_metrics_job,
+              refresh_failure_clusters_job],
+        executor=dg.in_process_executor,
     )
 
 
@@ -199,6 +204,17 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
     )
     for table in ("week", "day"):
         summary.windows[table] = _metadata(result, f"build_{table}").get("dagster/row_count", 0)
+    echo("[metrics] flakes, build-stats, failures, job-health, presubmit-health, test flakiness")
+    metric_keys = METRICS_SELECTION.resolve(defs.resolve_asset_graph())
+    result = materialize(
+        refresh_metrics_job, "metrics",
+        run_config={**log_config, "ops": {k.path[-1]: window_config for k in metric_keys}},
+    )
+    for key in metric_keys:
+        summary.metrics[key.path[-1]] = _metadata(result, key.path[-1]).get("dagster/row_count", 0)
+    echo("[clusters] failure clusters of the window")
+    result = materialize(refresh_failure_clusters_job, "failure clusters", run_config=log_config)
+    summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
     if settings.retention_days > 0:
         cutoff = datetime.fromtimestamp(as_of if as_of is not None else time.time(), tz=timezone.utc).date()
         cutoff -= timedelta(days=settings.retention_days)

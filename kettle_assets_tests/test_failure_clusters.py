@@ -210,7 +210,7 @@ def _home(tmp_path: Path, results: list[tuple], builds: list[tuple]) -> tuple[Du
     warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(tmp_path / "warehouse.duckdb")))
     warehouse.ensure_tables()
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
-        conn.execute("""CREATE TABLE test_results (path VARCHAR NOT NULL, job VARCHAR, number BIGINT,
+        conn.execute("""CREATE OR REPLACE TABLE test_results (path VARCHAR NOT NULL, job VARCHAR, number BIGINT,
                         started TIMESTAMP, finished TIMESTAMP, pr BIGINT, "commit" VARCHAR, name VARCHAR,
                         time DOUBLE, failed BOOLEAN NOT NULL, failure_text VARCHAR)""")
         conn.executemany("INSERT INTO test_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from dagster_gcp import BigQueryResource
 from pydantic import Field, PrivateAttr
 
+from ..core.metrics import METRICS, TEST_RESULT_COLUMNS, test_results_select, to_bigquery
 from ..core.schema import bigquery_schema
 from .staging import CONTRACT_COLUMNS
 from .warehouse import Warehouse
@@ -192,6 +193,57 @@ class BigQueryWarehouse(Warehouse):
             client.query(script, **self._calls()).result(timeout=self.job_timeout_seconds, retry=self._retry())
             client.delete_table(scratch, not_found_ok=True, **self._calls())
             return loaded
+
+    def _bq(self, sql: str) -> str:
+        names = {"all": self.table_all, "test_results": "test_results", "test_flakiness": "test_flakiness"}
+        names.update({m.table: m.table for m in METRICS.values()})
+        return to_bigquery(sql, self.bigquery.project, self.dataset, names)
+
+    def _run(self, client, sql: str):
+        return client.query(sql, **self._calls()).result(timeout=self.job_timeout_seconds, retry=self._retry())
+
+    def _ensure_test_results(self, client) -> None:
+        from google.cloud import bigquery
+
+        types = {"VARCHAR": "STRING", "BIGINT": "INTEGER", "TIMESTAMP": "TIMESTAMP", "DOUBLE": "FLOAT", "BOOLEAN": "BOOLEAN"}
+        schema = [
+            bigquery.SchemaField(name, types[kind.split()[0]], mode="REQUIRED" if "NOT NULL" in kind else "NULLABLE")
+            for name, kind in TEST_RESULT_COLUMNS
+        ]
+        table = bigquery.Table(self._table("test_results"), schema=schema)
+        table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field="finished")
+        table.clustering_fields = ["job", "name"]
+        client.create_table(table, exists_ok=True, **self._calls())
+
+    def replace_test_results(self, day: str) -> int:
+        if not _DAY.fullmatch(day):
+            raise ValueError(f"not a day: {day!r}")
+        with self.bigquery.get_client() as client:
+            self.ensure_tables(client)
+            self._ensure_test_results(client)
+            target = f"`{self._table('test_results')}`"
+            self._run(client, f"""
+                BEGIN TRANSACTION;
+                DELETE FROM {target} WHERE DATE(finished) = DATE '{day}'
+                  OR path IN (SELECT path FROM `{self._table('all')}` WHERE DATE(finished) = DATE '{day}');
+                INSERT INTO {target} {self._bq(test_results_select(day))};
+                COMMIT TRANSACTION;
+            """)
+            rows = self._run(client, f"SELECT count(*) FROM {target} WHERE DATE(finished) = DATE '{day}'")
+            return int(next(iter(rows))[0])
+
+    def query(self, sql: str) -> list[dict]:
+        with self.bigquery.get_client() as client:
+            self.ensure_tables(client)
+            self._ensure_test_results(client)
+            return [dict(r.items()) for r in self._run(client, self._bq(sql))]
+
+    def replace_table(self, table: str, sql: str) -> int:
+        with self.bigquery.get_client() as client:
+            self.ensure_tables(client)
+            self._ensure_test_results(client)
+            self._run(client, f"CREATE OR REPLACE TABLE `{self._table(table)}` AS {self._bq(sql)}")
+            return int(next(iter(self._run(client, f"SELECT count(*) FROM `{self._table(table)}`")))[0])
 
     def count(self, table: str, where: str = "TRUE") -> int:
         with self.bigquery.get_client() as client:

@@ -14,6 +14,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from ..core.metrics import TEST_RESULT_COLUMNS, test_results_select
 from ..core.schema import duckdb_columns
 
 TABLES = ("all", "week", "day")
@@ -63,6 +64,18 @@ class Warehouse(dg.ConfigurableResource):
     def describe(self, table: str) -> str:
         raise NotImplementedError
 
+    def replace_test_results(self, day: str) -> int:
+        """Make `test_results` hold exactly the tests of the builds `all` holds for `day`."""
+        raise NotImplementedError
+
+    def query(self, sql: str) -> list[dict]:
+        """Rows of a query written in DuckDB's dialect (translated where the warehouse needs)."""
+        raise NotImplementedError
+
+    def replace_table(self, table: str, sql: str) -> int:
+        """`table` replaced by the rows of `sql` (DuckDB's dialect); returns its row count."""
+        raise NotImplementedError
+
 
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 
@@ -100,6 +113,8 @@ class DuckDBWarehouse(Warehouse):
     def ensure_tables(self) -> None:
         with self.duckdb.get_connection() as conn:
             conn.execute(f'CREATE TABLE IF NOT EXISTS "all" ({duckdb_columns()})')
+            test_columns = ", ".join(f'"{c}" {t}' for c, t in TEST_RESULT_COLUMNS)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS test_results ({test_columns})")
             for window in WINDOWS:
                 exists = conn.execute(
                     "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [window]
@@ -181,6 +196,38 @@ class DuckDBWarehouse(Warehouse):
         if len(expected) != len(actual):
             diffs.append(f"expected {len(expected)} columns, found {len(actual)}")
         return {"schema_differences": diffs, "rows": int(rows), "duplicate_rows": int(dupes), "failed_over_run": int(over)}
+
+    def replace_test_results(self, day: str) -> int:
+        self.ensure_tables()
+        with self.duckdb.get_connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                # a build whose finished time moved leaves its old day too
+                conn.execute(
+                    f"""DELETE FROM test_results WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
+                        OR path IN (SELECT path FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)})"""
+                )
+                conn.execute(f"INSERT INTO test_results {test_results_select(day)}")
+                loaded = conn.execute(
+                    f"SELECT count(*) FROM test_results WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}"
+                ).fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return int(loaded)
+
+    def query(self, sql: str) -> list[dict]:
+        self.ensure_tables()
+        with self.duckdb.get_connection() as conn:
+            cursor = conn.execute(sql)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def replace_table(self, table: str, sql: str) -> int:
+        with self.duckdb.get_connection() as conn:
+            conn.execute(f'CREATE OR REPLACE TABLE "{table}" AS {sql}')
+            return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
 
     def count(self, table: str, where: str = "TRUE", params: dict | None = None) -> int:
         self.ensure_tables()
