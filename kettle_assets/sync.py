@@ -24,6 +24,7 @@ from .automation import (
 )
 from .launcher import RUN_PID_TAG
 from .project import Settings, build_assets, build_checks, build_resources
+from .resources.warehouse import DuckDBWarehouse
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # `kettle sync` without -v: its own one line per stage on stdout, Dagster's log only in the runs
@@ -212,9 +213,12 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
     )
     for key in metric_keys:
         summary.metrics[key.path[-1]] = _metadata(result, key.path[-1]).get("dagster/row_count", 0)
-    echo("[clusters] failure clusters of the window")
-    result = materialize(refresh_failure_clusters_job, "failure clusters", run_config=log_config)
-    summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
+    if isinstance(resources["warehouse"], DuckDBWarehouse):  # the cluster tables are DuckDB-only so far
+        echo("[clusters] failure clusters of the window")
+        result = materialize(refresh_failure_clusters_job, "failure clusters", run_config=log_config)
+        summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
+    else:
+        echo("[clusters] skipped: failure clusters are not written to BigQuery yet")
     if settings.retention_days > 0:
         cutoff = datetime.fromtimestamp(as_of if as_of is not None else time.time(), tz=timezone.utc).date()
         cutoff -= timedelta(days=settings.retention_days)
