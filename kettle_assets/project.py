@@ -7,6 +7,8 @@ KETTLE_STORAGE_ROOT a folder standing for gs:// (local)
 KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default: ./.kettle)
 KETTLE_START_DATE   first day partition (default 2014-01-01)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
+KETTLE_FETCH_THREADS  artifact fetches in flight (default: 16 local, 64 gcp)
+KETTLE_GCS_CONNECTIONS  pooled HTTP connections to GCS (default 64)
 KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
 KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
@@ -30,7 +32,8 @@ from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
-from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
+from .resources.artifacts import LocalArtifactStore
+from .resources.gcs import GCSArtifactStore
 from .resources.bigquery import BigQueryWarehouse, KettleBigQueryResource
 from .resources.notifications import LocalFolderNotificationSource, PubSubNotificationSource
 from .resources.settings import KettleSettings
@@ -51,7 +54,8 @@ class Settings:
     start_date: str = DEFAULT_START_DATE
     fetch_threads: int = 16
     env: str = "local"
-    gcs_timeout: float = 30.0
+    gcs_timeout: float = 10.0
+    gcs_connections: int = 64
     gcs_deadline: float = 120.0
     bq_project: str | None = None
     bq_dataset: str = "build"
@@ -70,8 +74,9 @@ class Settings:
             storage_root=os.environ.get("KETTLE_STORAGE_ROOT") or None,
             home=os.environ.get("KETTLE_HOME", ".kettle"),
             start_date=os.environ.get("KETTLE_START_DATE", DEFAULT_START_DATE),
-            fetch_threads=int(os.environ.get("KETTLE_FETCH_THREADS", "16")),
-            gcs_timeout=float(os.environ.get("KETTLE_GCS_TIMEOUT", "30")),
+            fetch_threads=int(os.environ["KETTLE_FETCH_THREADS"]) if os.environ.get("KETTLE_FETCH_THREADS") else None,
+            gcs_timeout=float(os.environ.get("KETTLE_GCS_TIMEOUT", "10")),
+            gcs_connections=int(os.environ.get("KETTLE_GCS_CONNECTIONS", "64")),
             gcs_deadline=float(os.environ.get("KETTLE_GCS_DEADLINE", "120")),
             bq_project=os.environ.get("KETTLE_BQ_PROJECT") or None,
             bq_dataset=os.environ.get("KETTLE_BQ_DATASET", "build"),
@@ -89,6 +94,8 @@ class Settings:
         )
         if values["env"] not in ("local", "gcp"):
             raise ValueError(f"KETTLE_ENV must be local or gcp, not {values['env']!r}")
+        if values.get("fetch_threads") is None:  # GCS requests wait on the network: keep more in flight
+            values["fetch_threads"] = 64 if values["env"] == "gcp" else 16
         return cls(**values)
 
 
@@ -116,6 +123,7 @@ def build_resources(settings: Settings) -> dict:
             project=settings.bq_project,
             request_timeout_seconds=settings.gcs_timeout,
             deadline_seconds=settings.gcs_deadline,
+            max_connections=settings.gcs_connections,
         )
         warehouse = BigQueryWarehouse(
             bigquery=KettleBigQueryResource(
