@@ -48,7 +48,7 @@ def run_sync(tree: Path, home: Path, buckets: Path, extra_env: dict | None = Non
     log.close()
     if status != 0:
         raise RuntimeError(f"kettle sync failed ({status}); see {log.name}")
-    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024}
+    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime}
 
 
 def run_stats(home: Path, since: float) -> dict:

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     sync.add_argument("--buckets", help="buckets.yaml (env KETTLE_BUCKETS, default ./buckets.yaml)")
     sync.add_argument("--storage-root", help="local folder standing for gs:// (env KETTLE_STORAGE_ROOT)")
     sync.add_argument("--home", help="data folder: staging, DuckDB, exports (env KETTLE_HOME, default ./.kettle)")
-    sync.add_argument("--threads", type=int, help="fetch threads (env KETTLE_FETCH_THREADS, default 16)")
+    sync.add_argument("--threads", type=int, help="fetch threads (env KETTLE_FETCH_THREADS, default 16 local, 64 gcp)")
     sync.add_argument("--as-of", type=float, help="epoch seconds the week/day windows end at (default: now)")
     sync.add_argument("--recheck", action="append", default=[], metavar="PATH",
                       help="gs:// build folder to fetch again even if known (repeatable)")

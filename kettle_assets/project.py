@@ -8,6 +8,8 @@ KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default:
 KETTLE_START_DATE   first day partition (default: the first day with staged builds, else two weeks ago)
 KETTLE_ARTIFACT_URL where a build's artifacts are browsed: {bucket} and {path} (default: gcsweb.k8s.io)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
+KETTLE_FETCH_THREADS  artifact fetches in flight (default: 16 local, 64 gcp)
+KETTLE_GCS_CONNECTIONS  pooled HTTP connections to GCS (default 64)
 KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
 KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
@@ -40,7 +42,8 @@ from .assets.metrics import make_metric_assets
 from .assets.test_results import make_test_results_asset
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
-from .resources.artifacts import GCSArtifactStore, LocalArtifactStore
+from .resources.artifacts import LocalArtifactStore
+from .resources.gcs import GCSArtifactStore
 from .resources.bigquery import BigQueryWarehouse, KettleBigQueryResource
 from .resources.notifications import LocalFolderNotificationSource, PubSubNotificationSource
 from .resources.settings import KettleSettings
@@ -62,7 +65,8 @@ class Settings:
     start_date: str | None = None  # None: discovered from staging (first_partition_day)
     fetch_threads: int = 16
     env: str = "local"
-    gcs_timeout: float = 30.0
+    gcs_timeout: float = 10.0
+    gcs_connections: int = 64
     gcs_deadline: float = 120.0
     bq_project: str | None = None
     bq_dataset: str = "build"
@@ -85,8 +89,12 @@ class Settings:
             storage_root=env.get("KETTLE_STORAGE_ROOT") or None,
             home=env.get("KETTLE_HOME", ".kettle"),
             start_date=_date_setting("KETTLE_START_DATE", env.get("KETTLE_START_DATE") or None),
-            fetch_threads=_number("KETTLE_FETCH_THREADS", env.get("KETTLE_FETCH_THREADS", "16"), int, 1, 512),
-            gcs_timeout=_number("KETTLE_GCS_TIMEOUT", env.get("KETTLE_GCS_TIMEOUT", "30"), float, 0.1, 3600),
+            fetch_threads=(
+                _number("KETTLE_FETCH_THREADS", env["KETTLE_FETCH_THREADS"], int, 1, 512)
+                if env.get("KETTLE_FETCH_THREADS") else None
+            ),
+            gcs_timeout=_number("KETTLE_GCS_TIMEOUT", env.get("KETTLE_GCS_TIMEOUT", "10"), float, 0.1, 3600),
+            gcs_connections=_number("KETTLE_GCS_CONNECTIONS", env.get("KETTLE_GCS_CONNECTIONS", "64"), int, 1, 1024),
             gcs_deadline=_number("KETTLE_GCS_DEADLINE", env.get("KETTLE_GCS_DEADLINE", "120"), float, 0.1, 86400),
             bq_project=env.get("KETTLE_BQ_PROJECT") or None,
             bq_dataset=env.get("KETTLE_BQ_DATASET", "build"),
@@ -117,6 +125,8 @@ class Settings:
             raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
         if values["warehouse"] not in (None, "duckdb", "bigquery"):
             raise SettingError(f"KETTLE_WAREHOUSE must be duckdb or bigquery, not {values['warehouse'][:100]!r}")
+        if values.get("fetch_threads") is None:  # GCS requests wait on the network: keep more in flight
+            values["fetch_threads"] = 64 if values["env"] == "gcp" else 16
         return cls(**values)
 
 
@@ -181,6 +191,7 @@ def build_resources(settings: Settings) -> dict:
             project=settings.bq_project,
             request_timeout_seconds=settings.gcs_timeout,
             deadline_seconds=settings.gcs_deadline,
+            max_connections=settings.gcs_connections,
         )
         warehouse = BigQueryWarehouse(
             bigquery=KettleBigQueryResource(

@@ -15,7 +15,7 @@ from ..core.listing import Candidate, ListingStats, list_candidates
 from ..resources.artifacts import ArtifactStore
 from ..resources.staging import KNOWN_SCHEMA, METADATA_SCHEMA, StagingStore
 from ..resources.settings import KettleSettings
-from .common import BUCKET_GROUP, md_table, report_refused
+from .common import BUCKET_GROUP, fetch_unordered, md_table, report_refused
 
 FETCH_CHUNK = 5000  # builds fetched and merged into staging at a time
 
@@ -118,7 +118,7 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
             for first in range(0, len(candidates), FETCH_CHUNK):
                 chunk = candidates[first : first + FETCH_CHUNK]
                 collected: list[collect.BuildMeta] = []
-                for meta in pool.map(lambda c: collect.fetch_build(artifacts, c, now), chunk):
+                for meta in fetch_unordered(pool, lambda c: collect.fetch_build(artifacts, c, now), chunk, 2 * settings.fetch_threads):
                     for p in meta.problems:
                         context.log.warning(f"build_metadata {key}: {p}")
                     problems.extend(meta.problems)

@@ -1,7 +1,9 @@
 """Partitions, group names and metadata helpers shared by the assets."""
 
 
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import timedelta
+from typing import Callable, Iterable, Iterator
 
 import dagster as dg
 
@@ -46,3 +48,21 @@ def report_refused(context, artifacts, before: int, stage: str) -> int:
         shown = ", ".join(paths[:5]) + (" …" if len(paths) > 5 else "")
         context.log.warning(f"{stage}: {len(paths)} symlinks refused (nothing outside the artifact root is read): {shown}")
     return len(paths)
+def fetch_unordered(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, in_flight: int) -> Iterator:
+    """`fn` over `items` on `pool`, results as they finish, at most `in_flight` pending.
+
+    Unlike `pool.map`, a slow or stalled item holds only its own slot: finished
+    results are handed on at once rather than queued behind it, so memory stays
+    bounded by `in_flight` results whatever the number of items.
+    """
+    pending: set = set()
+    for item in items:
+        if len(pending) >= in_flight:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+        pending.add(pool.submit(fn, item))
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            yield future.result()

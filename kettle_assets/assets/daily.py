@@ -21,7 +21,7 @@ from ..resources.settings import KettleSettings
 from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore
 from ..resources.warehouse import Warehouse
 from .collection import collect_named_builds
-from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, md_table, report_refused
+from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, fetch_unordered, md_table, report_refused
 from .links import md_link
 
 ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
@@ -116,8 +116,9 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 done = {r["path"] for r in keys} - stale
                 todo = sorted(p for p in wanted if p not in done and (not only or p in only))
                 fetched, chunks, n_fetched = [], [], 0
-                for result in pool.map(
-                    lambda p: collect.fetch_junit(artifacts, p, wanted[p], settings.max_junit_file_bytes), todo
+                for result in fetch_unordered(
+                    pool, lambda p: collect.fetch_junit(artifacts, p, wanted[p], settings.max_junit_file_bytes), todo,
+                    2 * settings.fetch_threads,
                 ):
                     for problem in result.problems:
                         context.log.warning(f"junit_results {day}: {problem}")
