@@ -1,6 +1,6 @@
 """JUnit-to-tests candidates on a Kubernetes-sized corpus: `python bench/junit_parsers.py`.
 
-Every candidate turns a file's bytes into the `test` records of DESIGN §4. Each is
+Every candidate turns a file's bytes into the `test` records of a row. Each is
 first checked against the plain ElementTree reference (`bench/junit_reference.py`)
 on every corpus file; one that differs is reported as incorrect, not timed as fast.
 

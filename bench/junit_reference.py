@@ -1,6 +1,6 @@
 """A plain ElementTree JUnit parser: the baseline and the oracle for `parse_junit`.
 
-DESIGN §4 "JUnit to `test`", written the obvious way: decode the bytes as UTF-8
+Kettle's JUnit-to-`test` rule, written the obvious way: decode the bytes as UTF-8
 (invalid bytes become U+FFFD), `xml.etree.ElementTree.fromstring`, walk the tree.
 Like kettle, it refuses documents that declare entities (untrusted input), so a
 billion-laughs file is malformed rather than expanded.

@@ -1,4 +1,4 @@
-"""buckets.yaml loading and validation (DESIGN §2).
+"""buckets.yaml loading and validation.
 
 Every rule of §2 must fail on load with a BucketConfigError whose message
 names the offending entry (its URL) and the rule it breaks.

@@ -1,6 +1,6 @@
-"""JUnit XML -> `test` records (DESIGN §3, §4 "JUnit to `test`", §5.2, §5.3).
+"""JUnit XML -> `test` records (Kettle's rules, with our fixes).
 
-Expected values are written from DESIGN.md, not from what the code returns.
+Expected values are written from Kettle's rules, not from what the code returns.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_root_testsuites_nameless_suite_and_case():
     assert ok(xml) == [{"name": "<unspecified> <unspecified>", "time": 0.0}]
 
 
-# --- nested suites (DESIGN §5.3) --------------------------------------------
+# --- nested suites --------------------------------------------
 
 
 def test_nested_suites_under_root_testsuite_flattened_without_root_name():

@@ -1,6 +1,6 @@
 """parse_junit (libxml2 fast path + expat safe path) against two oracles, input by input.
 
-- `bench/junit_reference.py`: a plain ElementTree parse-and-walk of DESIGN §4. The
+- `bench/junit_reference.py`: a plain ElementTree parse-and-walk of a row. The
   tests, the malformed flag and the bad-time count must be equal.
 - the safe path alone (`_parse_safe`, kettle's parse_junit before the fast path was
   added): the whole JUnitFile must be equal, error text included.

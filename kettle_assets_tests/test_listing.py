@@ -1,4 +1,4 @@
-"""Listing and fetching builds (DESIGN §3, §5.1), on real folders.
+"""Listing and fetching builds (Kettle's listing rules, with our fix for build 12 vs 123), on real folders.
 
 A LocalArtifactStore maps gs://<bucket>/<x> to <root>/<bucket>/<x>, so each
 test lays out a small bucket tree under tmp_path.

@@ -1,4 +1,4 @@
-"""Rows over BigQuery's size limit are trimmed, with the trim recorded, never dropped (DESIGN §5.5)."""
+"""Rows over BigQuery's size limit are trimmed, with the trim recorded, never dropped."""
 
 import dataclasses
 

@@ -1,6 +1,6 @@
-"""One build -> one contract row (DESIGN §4).
+"""One build -> one contract row.
 
-Expected rows are written from DESIGN.md's table, not from what the code returns.
+Expected rows are written from the row contract's rules (Kettle's make_json), not from what the code returns.
 """
 
 from __future__ import annotations

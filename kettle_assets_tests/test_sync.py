@@ -92,7 +92,7 @@ def test_odd_build_rows(synced):
     assert by_name["outer inner b"] == {"name": "outer inner b", "time": 0.0}
     assert odd["tests_run"] == 9 and odd["tests_failed"] == 5
     assert odd["metadata"][-1] == {"key": "\u00e9", "value": '["\\u00fcn\\u00efcode", 1]'}
-    # Build 12 sits beside 123 and gets only its own JUnit file (DESIGN §5.1).
+    # Build 12 sits beside 123 and gets only its own JUnit file.
     twelve = rows["gs://kubernetes-jenkins/logs/ci-kubernetes-odd/12"]
     assert all(t["name"].startswith("[sig-") for t in twelve["test"])
     # Bootstrap metadata: empty repo and job-version equal to version dropped, non-strings JSON-encoded.

@@ -1,4 +1,4 @@
-"""Fetching one build's started/finished and its JUnit files (DESIGN §3).
+"""Fetching one build's started/finished and its JUnit files.
 
 Everything here takes a store and returns plain records with the problems it
 met; nothing raises for bad input, so one odd build never stops a run.

@@ -1,4 +1,4 @@
-"""JUnit XML to the `test` records of a row (DESIGN §4, with §5's fixes).
+"""JUnit XML to the `test` records of a row (Kettle's rules, with our fixes).
 
 Kettle's rules, kept: `<testsuite>` and `<testsuites>` roots, `time` 0.0 when
 missing or empty, `<skipped>` drops a test, a passing test whose name has `#`

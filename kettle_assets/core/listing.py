@@ -1,4 +1,4 @@
-"""Which builds a bucket holds and which of them to fetch (DESIGN §3).
+"""Which builds a bucket holds and which of them to fetch.
 
 Works against any store with the `ArtifactReader` shape; the store hides
 whether objects live in a folder or in GCS. Paths are always `gs://…` URLs.

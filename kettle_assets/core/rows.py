@@ -1,4 +1,4 @@
-"""One build to one row of the contract (DESIGN §4), as Kettle's make_json wrote it.
+"""One build to one row of the contract, as Kettle's make_json wrote it.
 
 The row is a plain dict with absent values left out (except `test`,
 `tests_run`, `tests_failed`); `row_json` is the exact line Kettle emitted.

@@ -124,18 +124,22 @@ class DuckDBWarehouse(Warehouse):
 
     def replace_day(self, day: str, rows_file: Path, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
         """Make `all` hold exactly the staged rows of `day`; returns the rows loaded."""
+        return self._replace_in_transaction(
+            f"""DELETE FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
+                OR path IN (SELECT path FROM read_parquet({_sql_str(str(rows_file))}))""",
+            f'INSERT INTO "all" {_select_rows([rows_file])}',
+            f"SELECT count(*) FROM read_parquet({_sql_str(str(rows_file))})",
+        )
+
+    def _replace_in_transaction(self, delete: str, insert: str, count: str) -> int:
+        """Delete, insert and count in one transaction: readers see the old rows or the new, never neither."""
         self.ensure_tables()
         with self.duckdb.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.execute(
-                    f"""DELETE FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
-                        OR path IN (SELECT path FROM read_parquet({_sql_str(str(rows_file))}))"""
-                )
-                conn.execute(f'INSERT INTO "all" {_select_rows([rows_file])}')
-                loaded = conn.execute(
-                    f"SELECT count(*) FROM read_parquet({_sql_str(str(rows_file))})"
-                ).fetchone()[0]
+                conn.execute(delete)
+                conn.execute(insert)
+                loaded = conn.execute(count).fetchone()[0]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -198,24 +202,13 @@ class DuckDBWarehouse(Warehouse):
         return {"schema_differences": diffs, "rows": int(rows), "duplicate_rows": int(dupes), "failed_over_run": int(over)}
 
     def replace_test_results(self, day: str) -> int:
-        self.ensure_tables()
-        with self.duckdb.get_connection() as conn:
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                # a build whose finished time moved leaves its old day too
-                conn.execute(
-                    f"""DELETE FROM test_results WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
-                        OR path IN (SELECT path FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)})"""
-                )
-                conn.execute(f"INSERT INTO test_results {test_results_select(day)}")
-                loaded = conn.execute(
-                    f"SELECT count(*) FROM test_results WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}"
-                ).fetchone()[0]
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return int(loaded)
+        return self._replace_in_transaction(
+            # a build whose finished time moved leaves its old day too
+            f"""DELETE FROM test_results WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
+                OR path IN (SELECT path FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)})""",
+            f"INSERT INTO test_results {test_results_select(day)}",
+            f"SELECT count(*) FROM test_results WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}",
+        )
 
     def query(self, sql: str) -> list[dict]:
         self.ensure_tables()

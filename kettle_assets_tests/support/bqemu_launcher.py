@@ -1,4 +1,4 @@
-"""Start bqemulator offline: no DuckDB extension downloads (see shared/EMULATORS.md).
+"""Start bqemulator offline: no DuckDB extension downloads.
 
 Run with the bqemulator virtualenv's python:
   python bqemu_launcher.py REST_PORT GRPC_PORT PROJECT

@@ -1,4 +1,4 @@
-"""Real Google Cloud API servers on 127.0.0.1 for tests (see shared/EMULATORS.md).
+"""Real Google Cloud API servers on 127.0.0.1 for tests.
 
 Each is started by the test that needs it and stopped after; none is mocked.
 """
