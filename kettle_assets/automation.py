@@ -59,6 +59,11 @@ refresh_failure_clusters_job = dg.define_asset_job(
     "refresh_failure_clusters", selection=dg.AssetSelection.assets("failure_clusters"),
     description="Triage's failure clusters of the window (incremental).",
 )
+# every job of the code location; `kettle sync` runs the same ones by name
+JOBS = [
+    collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job, refresh_metrics_job,
+    refresh_failure_clusters_job,
+]
 STREAM_OPS = ("junit_results", "build_rows", "build_all", "build_week", "build_day")
 UNPUBLISHED_GRACE_SECONDS = 600  # a dirty day older than this, with no run fixing it, is requested again
 # Run priorities (the run queue takes higher first): a streamed build never waits behind a backfill.

@@ -28,10 +28,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from .automation import (
-    collect_bucket_job, make_automation, refresh_failure_clusters_job, refresh_metrics_job, refresh_windows_job,
-    stage_and_publish_job, stream_job,
-)
+from .automation import JOBS, make_automation
 from .assets.collection import make_collection_assets
 from .assets.checks import make_build_checks, make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
@@ -247,10 +244,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=assets,
         asset_checks=build_checks(),
         resources=build_resources(settings),
-        jobs=[
-            collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job, refresh_metrics_job,
-            refresh_failure_clusters_job,
-        ],
+        jobs=JOBS,
         schedules=schedules,
         sensors=[*sensors, failure_clusters_automation],
         executor=dg.in_process_executor,

@@ -19,7 +19,7 @@ from dagster._core.instance.ref import InstanceRef
 from filelock import FileLock, Timeout
 
 from .automation import (
-    METRICS_SELECTION, collect_bucket_job, contiguous_ranges, range_tags, refresh_failure_clusters_job,
+    JOBS, METRICS_SELECTION, collect_bucket_job, contiguous_ranges, range_tags, refresh_failure_clusters_job,
     refresh_metrics_job, refresh_windows_job, stage_and_publish_job,
 )
 from .launcher import RUN_PID_TAG
@@ -28,6 +28,7 @@ from .resources.warehouse import DuckDBWarehouse
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # `kettle sync` without -v: its own one line per stage on stdout, Dagster's log only in the runs
+ANSWERS_PENDING = "answers_pending"  # staging marker: rows published, metrics and clusters not yet redone
 LOG_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
@@ -76,9 +77,7 @@ def _definitions(settings: Settings, resources: dict) -> dg.Definitions:
     """The code location's jobs over the current day partitions, so the sync's runs carry their names."""
     return dg.Definitions(
         assets=build_assets(settings), asset_checks=build_checks(), resources=resources,
-        jobs=[collect_bucket_job, stage_and_publish_job, refresh_windows_job, refresh_metrics_job,
-              refresh_failure_clusters_job],
-        executor=dg.in_process_executor,
+        jobs=JOBS, executor=dg.in_process_executor,
     )
 
 
@@ -183,6 +182,9 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
             summary.out_of_range_days.append(day)
             echo(f"  !! builds finished on {day}, outside the day partitions (KETTLE_START_DATE..tomorrow); staged, not published")
     summary.days = sorted(valid)
+    staging = resources["staging"]
+    if summary.days:  # set before publishing: a sync killed after it still refreshes the answers next time
+        staging.write_marker(ANSWERS_PENDING, "yes")
 
     ranges = contiguous_ranges(summary.days)
     for i, (start, end) in enumerate(ranges, 1):
@@ -205,24 +207,36 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
     )
     for table in ("week", "day"):
         summary.windows[table] = _metadata(result, f"build_{table}").get("dagster/row_count", 0)
-    echo("[metrics] flakes, build-stats, failures, job-health, presubmit-health, test flakiness")
-    metric_keys = METRICS_SELECTION.resolve(defs.resolve_asset_graph())
-    result = materialize(
-        refresh_metrics_job, "metrics",
-        run_config={**log_config, "ops": {k.path[-1]: window_config for k in metric_keys}},
-    )
-    for key in metric_keys:
-        summary.metrics[key.path[-1]] = _metadata(result, key.path[-1]).get("dagster/row_count", 0)
-    if isinstance(resources["warehouse"], DuckDBWarehouse):  # the cluster tables are DuckDB-only so far
+    # The answers are computed from `all`: with no row published since they last ran, they would
+    # come out the same.
+    export_dir = staging.export_dir
+    answers_pending = staging.read_marker(ANSWERS_PENDING) == "yes"
+    failures_before = len(summary.failures)
+    if answers_pending or not (export_dir / "metrics").exists():
+        echo("[metrics] flakes, build-stats, failures, job-health, presubmit-health, test flakiness")
+        metric_keys = METRICS_SELECTION.resolve(defs.resolve_asset_graph())
+        result = materialize(
+            refresh_metrics_job, "metrics",
+            run_config={**log_config, "ops": {k.path[-1]: window_config for k in metric_keys}},
+        )
+        for key in metric_keys:
+            summary.metrics[key.path[-1]] = _metadata(result, key.path[-1]).get("dagster/row_count", 0)
+    else:
+        echo("[metrics] no new rows: unchanged")
+    if not answers_pending and (export_dir / "triage").exists():
+        echo("[clusters] no new rows: unchanged")
+    elif isinstance(resources["warehouse"], DuckDBWarehouse):  # the cluster tables are DuckDB-only so far
         echo("[clusters] failure clusters of the window")
         result = materialize(refresh_failure_clusters_job, "failure clusters", run_config=log_config)
         summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
     else:
         echo("[clusters] skipped: failure clusters are not written to BigQuery yet")
+    if answers_pending and len(summary.failures) == failures_before:
+        staging.write_marker(ANSWERS_PENDING, "no")
     if settings.retention_days > 0:
         cutoff = datetime.fromtimestamp(as_of if as_of is not None else time.time(), tz=timezone.utc).date()
         cutoff -= timedelta(days=settings.retention_days)
-        summary.pruned = resources["staging"].prune_before(cutoff.isoformat())
+        summary.pruned = staging.prune_before(cutoff.isoformat())
         echo(f"[retention] {len(summary.pruned)} staging files before {cutoff} pruned")
     summary.seconds = time.monotonic() - t0
     return summary

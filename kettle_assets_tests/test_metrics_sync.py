@@ -7,6 +7,8 @@ import dagster as dg
 
 from kettle_assets.core.metrics import METRICS
 from kettle_assets.project import build_definitions
+from kettle_assets.resources.staging import StagingStore
+from kettle_assets.sync import ANSWERS_PENDING, run_sync
 
 from .conftest import SAMPLE_NOW
 
@@ -47,3 +49,18 @@ def test_publishing_a_day_requests_test_results_and_the_metrics(synced, tmp_path
         # once handled, nothing more until the next publication
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
         assert result.total_requested == 0
+
+
+def test_a_sync_redoes_the_answers_only_after_new_rows_even_across_a_crash(own_kettle):
+    own_kettle.sync()
+    lines: list[str] = []
+    run_sync(own_kettle.settings, instance=own_kettle.instance, as_of=SAMPLE_NOW, echo=lines.append)
+    assert "[metrics] no new rows: unchanged" in lines and "[clusters] no new rows: unchanged" in lines
+    # a sync killed after publishing, before the metrics ran, leaves the marker: the next one redoes them
+    staging = StagingStore(home=str(own_kettle.home))
+    staging.write_marker(ANSWERS_PENDING, "yes")
+    lines.clear()
+    run_sync(own_kettle.settings, instance=own_kettle.instance, as_of=SAMPLE_NOW, echo=lines.append)
+    assert any(line.startswith("[metrics] flakes") for line in lines)
+    assert any(line.startswith("[clusters] failure clusters") for line in lines)
+    assert staging.read_marker(ANSWERS_PENDING) == "no"
