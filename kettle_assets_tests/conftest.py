@@ -80,7 +80,12 @@ SYNC_FIXTURES = {"synced", "own_kettle", "sample_tree"}
 
 
 def pytest_collection_modifyitems(items):
+    slow_files = set()
     for item in items:
         if item.get_closest_marker("servers") or item.get_closest_marker("ui"):
+            slow_files.add(item.path)
             continue
         item.add_marker(pytest.mark.e2e if SYNC_FIXTURES & set(item.fixturenames) else pytest.mark.unit)
+    # Files that start servers or daemons go first: the suite runs one file per worker
+    # (pytest-xdist, --dist loadfile), and a long file started last would finish alone.
+    items.sort(key=lambda item: item.path not in slow_files)

@@ -4,6 +4,7 @@ bounded, and bad settings end `kettle` with exit code 2 and one line, never a tr
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -269,10 +270,10 @@ def test_no_space_left_mid_sync_is_explained_from_the_real_error(small_disk):
     assert explained.startswith("no space left on device writing") and str(small_disk) in explained
 
 
-def test_a_corrupt_warehouse_is_named(tmp_path, sample_tree):
+def test_a_corrupt_warehouse_is_named(tmp_path, synced):
     home = tmp_path / "home"
-    env = dict(KETTLE_STORAGE_ROOT=str(sample_tree), KETTLE_HOME=str(home))
-    assert kettle(["sync", "--buckets", str(BUCKETS)], tmp_path, **env).returncode == 0
+    shutil.copytree(synced.home, home)  # a synced home, whose warehouse then breaks
+    env = dict(KETTLE_STORAGE_ROOT=str(synced.tree), KETTLE_HOME=str(home))
     warehouse = home / "warehouse.duckdb"
     warehouse.write_bytes(b"this is not a DuckDB file" * 1000)
     result = kettle(["sync", "--buckets", str(BUCKETS), "--recheck",

@@ -70,6 +70,20 @@ def _row_counts(home: Path, paths: list[str]) -> dict[str, int]:
         return {}  # a run holds the write lock
 
 
+def _run_story(instance) -> list[tuple]:
+    """Each run's job, status, parent and, for a failed one, why: what a failure message needs."""
+    story = []
+    for run in instance.get_runs():
+        why = [
+            (e.dagster_event.message or "")[:300]
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event and e.dagster_event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE", "ENGINE_EVENT")
+            and run.status == DagsterRunStatus.FAILURE
+        ]
+        story.append((run.job_name, run.status.value, run.tags.get("dagster/parent_run_id"), why[-3:]))
+    return story
+
+
 @needs_pubsub
 def test_sigkill_of_daemon_and_workers_mid_run_heals_by_itself(own_kettle, tmp_path, monkeypatch):
     own_kettle.sync()
@@ -121,8 +135,7 @@ def test_sigkill_of_daemon_and_workers_mid_run_heals_by_itself(own_kettle, tmp_p
                     if counts and all(counts.values()):
                         break
                     time.sleep(2)
-                runs = [(r.job_name, r.status.value, r.tags.get("dagster/parent_run_id")) for r in instance.get_runs()]
-                assert counts == {p: 1 for p in builds}, (counts, runs)
+                assert counts == {p: 1 for p in builds}, (counts, _run_story(instance))
                 for run in stuck:  # the runs the crash left behind were failed by the monitor, not left hanging
                     assert instance.get_run_by_id(run.run_id).status in (
                         DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED, DagsterRunStatus.SUCCESS

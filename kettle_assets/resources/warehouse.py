@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ..core.metrics import TEST_RESULT_COLUMNS, test_results_select
 from ..core.schema import duckdb_columns
@@ -103,6 +103,9 @@ class DuckDBWarehouse(Warehouse):
     """Kettle's BigQuery tables, in a local DuckDB file."""
 
     duckdb: DuckDBResource = Field(description="The DuckDB database holding the tables.")
+    # Tables are created once per run, not before every statement: each connection to the file
+    # costs a checkpoint when it closes.
+    _tables_ready: bool = PrivateAttr(default=False)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         check_duckdb_file(Path(self.duckdb.database))
@@ -111,6 +114,8 @@ class DuckDBWarehouse(Warehouse):
         return f"duckdb:{self.duckdb.database}#{table}"
 
     def ensure_tables(self) -> None:
+        if self._tables_ready:
+            return
         with self.duckdb.get_connection() as conn:
             conn.execute(f'CREATE TABLE IF NOT EXISTS "all" ({duckdb_columns()})')
             test_columns = ", ".join(f'"{c}" {t}' for c, t in TEST_RESULT_COLUMNS)
@@ -121,6 +126,7 @@ class DuckDBWarehouse(Warehouse):
                 ).fetchone()[0]
                 if not exists:
                     conn.execute(f'CREATE VIEW "{window}" AS SELECT * FROM "all" WHERE FALSE')
+        self._tables_ready = True
 
     def replace_day(self, day: str, rows_file: Path, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
         """Make `all` hold exactly the staged rows of `day`; returns the rows loaded."""
