@@ -14,6 +14,9 @@ KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KE
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
 KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
 KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store (the benchmark uses it)
+KETTLE_REPORT_URL   the CI report's root address (default: $KETTLE_HOME/report as a file:// URL)
+KETTLE_ALERT_WEBHOOKS  where alerts are posted: slack:<url> or json:<url>, comma-separated (default: none)
+KETTLE_ALERT_RULES  alert thresholds, name=value,... (e.g. consecutive_failures=2; default: core/alerts.py)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from .automation import JOBS, make_automation
+from .assets.alerts import alert_on_new_failures
 from .assets.collection import make_collection_assets
 from .assets.checks import make_build_checks, make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
@@ -38,6 +42,7 @@ from .assets.failure_clusters import failure_clusters, failure_clusters_automati
 from .assets.metrics import make_metric_assets
 from .assets.test_results import make_test_results_asset
 from .assets.windows import make_window_assets
+from .core.alerts import AlertRules
 from .core.config import load_buckets
 from .resources.artifacts import LocalArtifactStore
 from .resources.gcs import GCSArtifactStore
@@ -46,6 +51,7 @@ from .resources.notifications import LocalFolderNotificationSource, PubSubNotifi
 from .resources.settings import KettleSettings
 from .resources.staging import StagingStore
 from .resources.warehouse import DuckDBWarehouse
+from .resources.webhooks import AlertWebhooks, parse_webhooks
 
 EARLIEST_START_DATE = "2014-01-01"  # Kettle's first year: staged days before it are bad timestamps
 DAYS_WITHOUT_DATA = 14  # an empty home's partitions: the last two weeks
@@ -75,6 +81,9 @@ class Settings:
     retention_days: int = 0  # staging days older than this are pruned after a sync; 0 keeps all
     max_row_bytes: int = 100 * 1024 * 1024
     artifact_url: str = DEFAULT_ARTIFACT_URL
+    report_url: str | None = None  # None: $KETTLE_HOME/report as a file:// URL (report_root_url)
+    alert_webhooks: str = ""
+    alert_rules: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -107,6 +116,9 @@ class Settings:
                 "KETTLE_MAX_ROW_BYTES", env.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024)), int, 1024, 1 << 40
             ),
             artifact_url=env.get("KETTLE_ARTIFACT_URL") or DEFAULT_ARTIFACT_URL,
+            report_url=env.get("KETTLE_REPORT_URL") or None,
+            alert_webhooks=env.get("KETTLE_ALERT_WEBHOOKS", ""),
+            alert_rules=env.get("KETTLE_ALERT_RULES", ""),
         )
         if overrides.get("fetch_threads") is not None:
             overrides["fetch_threads"] = _number("--threads", str(overrides["fetch_threads"]), int, 1, 512)
@@ -118,6 +130,14 @@ class Settings:
             raise SettingError(
                 f"KETTLE_ARTIFACT_URL may only use {{bucket}} and {{path}}, not {values['artifact_url'][:200]!r}"
             ) from None
+        try:
+            parse_webhooks(values["alert_webhooks"])
+        except ValueError as exc:
+            raise SettingError(f"KETTLE_ALERT_WEBHOOKS: {exc}") from None
+        try:
+            AlertRules.parse(values["alert_rules"])
+        except ValueError as exc:
+            raise SettingError(f"KETTLE_ALERT_RULES: {exc}") from None
         if values["env"] not in ("local", "gcp"):
             raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
         if values["warehouse"] not in (None, "duckdb", "bigquery"):
@@ -162,6 +182,11 @@ def first_partition_day(settings: Settings) -> str:
     if staged:
         return min(staged)
     return (datetime.now(timezone.utc).date() - timedelta(days=DAYS_WITHOUT_DATA)).isoformat()
+
+
+def report_root_url(settings: Settings) -> str:
+    """Where the CI report is read from: KETTLE_REPORT_URL, else its folder under the home."""
+    return settings.report_url or (Path(settings.home).resolve() / "report").as_uri()
 
 
 def duckdb_warehouse(home: Path) -> DuckDBWarehouse:
@@ -215,6 +240,10 @@ def build_resources(settings: Settings) -> dict:
             max_row_bytes=settings.max_row_bytes,
             artifact_url=settings.artifact_url,
         ),
+        "alerts": AlertWebhooks(
+            webhooks=settings.alert_webhooks, rules=settings.alert_rules, report_url=report_root_url(settings),
+            outbox_file=str(home / "alerts" / "outbox.sqlite"),
+        ),
     }
 
 
@@ -246,7 +275,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources=build_resources(settings),
         jobs=JOBS,
         schedules=schedules,
-        sensors=[*sensors, failure_clusters_automation],
+        sensors=[*sensors, failure_clusters_automation, alert_on_new_failures],
         executor=dg.in_process_executor,
     )
 
