@@ -1,6 +1,7 @@
 """Alerts posted to a real HTTP server on 127.0.0.1: exactly the expected messages, once each,
 across rounds, retries and a poster killed with SIGKILL."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,11 +15,14 @@ import pytest
 
 from kettle_assets.assets.alerts import alert_on_new_failures, alert_round
 from kettle_assets.core.alerts import AlertEvent
+from kettle_assets.core.report_links import job_page, page_url
 from kettle_assets.project import duckdb_warehouse
 from kettle_assets.resources.settings import KettleSettings
+from kettle_assets.resources.staging import StagingStore
+from kettle_assets.sync import ANSWERS_PENDING
 from kettle_assets.resources.webhooks import AlertWebhooks, idempotency_key, parse_webhooks
 
-from .conftest import BUCKETS
+from .conftest import BUCKETS, Kettle
 from .support.webhook_server import WebhookReceiver
 from .test_alerts import LOGS, NOW, builds, insert_builds
 
@@ -121,6 +125,7 @@ def test_a_webhook_down_for_hours_gets_its_messages_when_it_is_back(receiver, wa
 CHILD = """
 import os, signal, sys, time
 from kettle_assets.core.alerts import AlertEvent
+from kettle_assets.core.report_links import job_page, page_url
 from kettle_assets.resources.webhooks import AlertWebhooks
 alerts = AlertWebhooks(webhooks=sys.argv[1], report_url="r", outbox_file=sys.argv[2], timeout_seconds=5)
 if sys.argv[3] == "record":
@@ -201,3 +206,29 @@ def test_sensor_reads_after_each_publish_and_posts_once(receiver, warehouse, tmp
     instance.report_runless_asset_event(dg.AssetMaterialization("test_flakiness"))
     tick(cursor)
     assert len(receiver.received) == 4  # ci-green's single failure after 2 passes is no event; the rest were sent
+
+
+SAMPLE_EVENTS = [
+    "job_started_failing|juju:conformance-juju-aws|gs://canonical-kubernetes-tests/logs/conformance-juju-aws/20261031-185600",
+    "flakiness_jump|ci-kubernetes-node-e2e|[sig-node] ci-kubernetes-node-e2e test 3|2026-W44",
+    "flakiness_jump|ci-kubernetes-e2e-gce|[sig-network] ci-kubernetes-e2e-gce test 11|2026-W44",
+    "flakiness_jump|pr:pull-kubernetes-unit|[sig-apps] pull-kubernetes-unit test 13|2026-W44",
+    "flakiness_jump|pr:pull-kubernetes-unit|[sig-node] pull-kubernetes-unit test 1|2026-W44",
+]
+
+
+def test_kettle_sync_posts_the_samples_events_once(sample_tree, tmp_path, receiver):
+    kettle = Kettle(sample_tree, tmp_path / "home")
+    kettle.settings = dataclasses.replace(
+        kettle.settings, alert_webhooks=f"json:{receiver.url('/json')}", report_url="https://ci.example/report")
+    first = kettle.sync()
+    assert [p.body["key"] for p in receiver.accepted()] == SAMPLE_EVENTS
+    assert first.alerts == {"found": 5, "new": 5, "alerts_posted": 5, "alert_posts_failed": 0, "alerts_pending": 0,
+                            "alerts_sent_total": 5, "alert_events_total": 5}
+    assert receiver.accepted()[0].body["url"] == page_url("https://ci.example/report", job_page("juju:conformance-juju-aws"))
+    # as after a sync killed between publishing and its answers: the answers and alerts are redone,
+    # the events found again, and none posted twice
+    StagingStore(home=str(kettle.home.resolve())).write_marker(ANSWERS_PENDING, "yes")
+    second = kettle.sync()
+    assert (second.alerts["found"], second.alerts["new"], second.alerts["alerts_posted"]) == (5, 0, 0)
+    assert len(receiver.received) == 5
