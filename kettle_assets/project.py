@@ -7,6 +7,7 @@ KETTLE_STORAGE_ROOT a folder standing for gs:// (local)
 KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default: ./.kettle)
 KETTLE_START_DATE   first day partition (default: the first day with staged builds, else two weeks ago)
 KETTLE_ARTIFACT_URL where a build's artifacts are browsed: {bucket} and {path} (default: gcsweb.k8s.io)
+KETTLE_REPORT_URL   where the CI report ($KETTLE_HOME/report/) is served (default: that folder as a file:// URL)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_FETCH_THREADS  artifact fetches in flight (default: 16 local, 64 gcp)
 KETTLE_GCS_CONNECTIONS  pooled HTTP connections to GCS (default 64)
@@ -14,7 +15,6 @@ KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KE
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
 KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
 KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store (the benchmark uses it)
-KETTLE_REPORT_URL   the CI report's root address (default: $KETTLE_HOME/report as a file:// URL)
 KETTLE_ALERT_WEBHOOKS  where alerts are posted: slack:<url> or json:<url>, comma-separated (default: none)
 KETTLE_ALERT_RULES  alert thresholds, name=value,... (e.g. consecutive_failures=2; default: core/alerts.py)
 """
@@ -77,13 +77,13 @@ class Settings:
     bq_endpoint: str | None = None
     bq_deadline: float = 180.0
     pubsub_subscription: str | None = None
+    alert_webhooks: str = ""  # slack:<url> or json:<url>, comma-separated
+    alert_rules: str = ""  # name=value,... over AlertRules' defaults
     warehouse: str | None = None  # override: duckdb or bigquery (default: the env's)
     retention_days: int = 0  # staging days older than this are pruned after a sync; 0 keeps all
     max_row_bytes: int = 100 * 1024 * 1024
     artifact_url: str = DEFAULT_ARTIFACT_URL
-    report_url: str | None = None  # None: $KETTLE_HOME/report as a file:// URL (report_root_url)
-    alert_webhooks: str = ""
-    alert_rules: str = ""
+    report_url: str | None = None  # None: $KETTLE_HOME/report as a file:// URL
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -108,6 +108,8 @@ class Settings:
             bq_endpoint=env.get("KETTLE_BQ_ENDPOINT") or None,
             bq_deadline=_number("KETTLE_BQ_DEADLINE", env.get("KETTLE_BQ_DEADLINE", "180"), float, 0.1, 86400),
             pubsub_subscription=env.get("KETTLE_PUBSUB_SUBSCRIPTION") or None,
+            alert_webhooks=env.get("KETTLE_ALERT_WEBHOOKS", ""),
+            alert_rules=env.get("KETTLE_ALERT_RULES", ""),
             warehouse=env.get("KETTLE_WAREHOUSE") or None,
             retention_days=_number(
                 "KETTLE_STAGING_RETENTION_DAYS", env.get("KETTLE_STAGING_RETENTION_DAYS", "0"), int, 0, 100_000
@@ -117,8 +119,6 @@ class Settings:
             ),
             artifact_url=env.get("KETTLE_ARTIFACT_URL") or DEFAULT_ARTIFACT_URL,
             report_url=env.get("KETTLE_REPORT_URL") or None,
-            alert_webhooks=env.get("KETTLE_ALERT_WEBHOOKS", ""),
-            alert_rules=env.get("KETTLE_ALERT_RULES", ""),
         )
         if overrides.get("fetch_threads") is not None:
             overrides["fetch_threads"] = _number("--threads", str(overrides["fetch_threads"]), int, 1, 512)
@@ -130,6 +130,14 @@ class Settings:
             raise SettingError(
                 f"KETTLE_ARTIFACT_URL may only use {{bucket}} and {{path}}, not {values['artifact_url'][:200]!r}"
             ) from None
+        if values["report_url"] and not re.match(r"(https?|file)://", values["report_url"]):
+            raise SettingError(
+                f"KETTLE_REPORT_URL must be an http(s):// or file:// address, not {values['report_url'][:200]!r}"
+            )
+        if values["env"] not in ("local", "gcp"):
+            raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
+        if values["warehouse"] not in (None, "duckdb", "bigquery"):
+            raise SettingError(f"KETTLE_WAREHOUSE must be duckdb or bigquery, not {values['warehouse'][:100]!r}")
         try:
             parse_webhooks(values["alert_webhooks"])
         except ValueError as exc:
@@ -138,10 +146,6 @@ class Settings:
             AlertRules.parse(values["alert_rules"])
         except ValueError as exc:
             raise SettingError(f"KETTLE_ALERT_RULES: {exc}") from None
-        if values["env"] not in ("local", "gcp"):
-            raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
-        if values["warehouse"] not in (None, "duckdb", "bigquery"):
-            raise SettingError(f"KETTLE_WAREHOUSE must be duckdb or bigquery, not {values['warehouse'][:100]!r}")
         if values.get("fetch_threads") is None:  # GCS requests wait on the network: keep more in flight
             values["fetch_threads"] = 64 if values["env"] == "gcp" else 16
         return cls(**values)

@@ -16,7 +16,7 @@ import pytest
 from kettle_assets.assets.alerts import alert_on_new_failures, alert_round
 from kettle_assets.core.alerts import AlertEvent
 from kettle_assets.core.report_links import job_page, page_url
-from kettle_assets.project import duckdb_warehouse
+from kettle_assets.project import SettingError, Settings, build_resources, duckdb_warehouse
 from kettle_assets.resources.settings import KettleSettings
 from kettle_assets.resources.staging import StagingStore
 from kettle_assets.sync import ANSWERS_PENDING
@@ -232,3 +232,24 @@ def test_kettle_sync_posts_the_samples_events_once(sample_tree, tmp_path, receiv
     second = kettle.sync()
     assert (second.alerts["found"], second.alerts["new"], second.alerts["alerts_posted"]) == (5, 0, 0)
     assert len(receiver.received) == 5
+
+
+def test_alert_settings_come_from_the_environment_and_bad_ones_are_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("KETTLE_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("KETTLE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KETTLE_ALERT_WEBHOOKS", "slack:https://hooks.slack.com/services/T/B/secret")
+    monkeypatch.setenv("KETTLE_ALERT_RULES", "consecutive_failures=2")
+    settings = Settings.from_env()
+    alerts = build_resources(settings)["alerts"]
+    assert alerts.report_url == (tmp_path / "home" / "report").as_uri()
+    assert alerts.alert_rules().consecutive_failures == 2 and [h.kind for h in alerts.targets()] == ["slack"]
+    for name, value, message in [
+        ("KETTLE_ALERT_WEBHOOKS", "slack:hooks.slack.com/services/T/B/secret", "KETTLE_ALERT_WEBHOOKS: a webhook is"),
+        ("KETTLE_ALERT_RULES", "consecutive_failure=2", "KETTLE_ALERT_RULES: unknown alert rule"),
+        ("KETTLE_REPORT_URL", "ci.example/report", "KETTLE_REPORT_URL must be"),
+    ]:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SettingError, match=message) as error:
+            Settings.from_env()
+        assert "secret" not in str(error.value)
+        monkeypatch.delenv(name)

@@ -52,7 +52,8 @@ def parse_webhooks(text: str) -> list[Webhook]:
         kind, sep, url = entry.partition(":")
         parts = urlsplit(url)
         if not sep or kind not in KINDS or parts.scheme not in ("http", "https") or not parts.netloc:
-            shown = entry if not parts.netloc else f"{kind}:{parts.scheme}://{parts.netloc}/…"
+            # a webhook's path is often its secret: shown cut short
+            shown = f"{kind}:{parts.scheme}://{parts.netloc}/…" if parts.netloc else entry[:24] + "…" * (len(entry) > 24)
             raise ValueError(f"a webhook is slack:<http(s) URL> or json:<http(s) URL>, not {shown[:80]!r}")
         if Webhook(kind, url) not in hooks:
             hooks.append(Webhook(kind, url))
