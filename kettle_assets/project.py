@@ -16,7 +16,7 @@ KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notification
 KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
 KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store (the benchmark uses it)
 KETTLE_ALERT_WEBHOOKS  where alerts are posted: slack:<url> or json:<url>, comma-separated (default: none)
-KETTLE_ALERT_RULES  alert thresholds, name=value,... (e.g. consecutive_failures=2; default: core/alerts.py)
+KETTLE_ALERT_RULES  alert thresholds, name=value,... (e.g. consecutive_failures=2; defaults in docs/alerts.md)
 """
 
 from __future__ import annotations

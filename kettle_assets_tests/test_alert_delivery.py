@@ -5,6 +5,8 @@ import dataclasses
 import json
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -253,3 +255,20 @@ def test_alert_settings_come_from_the_environment_and_bad_ones_are_named(monkeyp
             Settings.from_env()
         assert "secret" not in str(error.value)
         monkeypatch.delenv(name)
+
+
+def test_a_refused_connection_waits_for_a_retry_and_logs_no_secret(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    alerts = AlertWebhooks(webhooks=f"json:http://127.0.0.1:{port}/services/T/secret?token=hush", report_url=REPORT,
+                           outbox_file=str(tmp_path / "outbox.sqlite"))
+    alerts.record([event("a")], T0)
+    lines = []
+    report = alerts.deliver_due(T0, lines.append)
+    assert (report.posted, report.failed, report.pending) == (0, 1, 1)
+    assert len(lines) == 1 and "ConnectionError" in lines[0] and f"json:127.0.0.1:{port}" in lines[0]
+    with sqlite3.connect(tmp_path / "outbox.sqlite") as conn:
+        (error,) = conn.execute("SELECT last_error FROM deliveries").fetchone()
+    assert "ConnectionError" in error
+    assert not any(secret in text for secret in ("secret", "hush") for text in (*lines, error))

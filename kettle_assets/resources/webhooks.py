@@ -76,6 +76,14 @@ def idempotency_key(event: AlertEvent) -> str:
     return hashlib.sha256(event.key.encode()).hexdigest()[:32]
 
 
+def _without_secret(text: str, url: str) -> str:
+    """An error message with the webhook's path and query (often its secret) cut out."""
+    parts = urlsplit(url)
+    for secret in sorted({parts.path, parts.query, parts.path + "?" + parts.query} - {"", "/", "?"}, key=len, reverse=True):
+        text = text.replace(secret, "/…")
+    return text
+
+
 @dataclass(frozen=True)
 class PostOutcome:
     ok: bool
@@ -105,7 +113,7 @@ class WebhookPoster:
                 headers={IDEMPOTENCY_HEADER: idempotency_key(event), "User-Agent": "kettle-assets-alerts"},
             )
         except requests.RequestException as exc:
-            return PostOutcome(False, f"{type(exc).__name__}: {str(exc)[:200]}")
+            return PostOutcome(False, f"{type(exc).__name__}: {_without_secret(str(exc), hook.url)[:200]}")
         retry_after = None
         try:
             retry_after = float(response.headers.get("Retry-After", ""))
@@ -143,7 +151,9 @@ class AlertWebhooks(dg.ConfigurableResource):
     retry_base_seconds: float = Field(default=30.0, description="First wait after a failed post; doubles each time.")
     retry_max_seconds: float = Field(default=3600.0, description="Longest wait between two posts of one message.")
     max_posts_per_round: int = Field(default=50, description="Posts per sensor tick or sync at most; the rest wait.")
-    round_seconds: float = Field(default=40.0, description="No new post starts after this long (a sensor tick has 60 s).")
+    round_seconds: float = Field(
+        default=20.0, description="No new post starts after this long (a post takes 30 s at worst; a sensor tick has 60 s)."
+    )
 
     def targets(self) -> list[Webhook]:
         return parse_webhooks(self.webhooks)
