@@ -15,11 +15,12 @@ REPORT = "https://ci.example/report"
 LOGS = "gs://kubernetes-jenkins/logs"
 
 
-def builds(job: str, outcomes: str, hours_ago: int = 100, result_of=None) -> list[tuple]:
-    """One build per letter, oldest first, an hour apart: P passed, F failed, A aborted, ? no result."""
+def builds(job: str, outcomes: str, hours_ago: int = 100, first: int = 1) -> list[tuple]:
+    """One build per letter, oldest first, an hour apart, numbered from `first`: P passed, F failed,
+    A aborted, ? no result."""
     rows = []
-    for i, o in enumerate(outcomes):
-        started = NOW - timedelta(hours=hours_ago - i)
+    for i, o in enumerate(outcomes, first - 1):
+        started = NOW - timedelta(hours=hours_ago - i + first - 1)
         passed = {"P": True, "F": False, "A": False, "?": None}[o]
         result = {"P": "SUCCESS", "F": "FAILURE", "A": "ABORTED", "?": None}[o]
         rows.append((f"{LOGS}/{job}/{i + 1}", job, i + 1, started.replace(tzinfo=None), passed, result))
@@ -52,16 +53,21 @@ def test_job_runs_give_started_failing_and_n_in_a_row_once_per_run(warehouse):
         *builds("ci-aborted", "PPPPPFA?"),  # aborted and unknown builds are not outcomes: started failing at 6
         *builds("ci-stale", "PPPPPFFF", hours_ago=24 * 30),  # no build in the last 7 days: nothing
         *builds("pr:pull-unit", "PPPPPPFFF"),  # presubmits are left out by default
+        # failing since before the lookback (30 days): its first failed build is not seen, nothing
+        *builds("ci-long", "PPF", hours_ago=24 * 40), *builds("ci-long", "FFF", first=4),
+        # a pass before the lookback, a run that started inside it: seen whole
+        *builds("ci-back", "P", hours_ago=24 * 40), *builds("ci-back", "PFFF", first=2),
     ])
     rules = AlertRules()
     events = job_events(warehouse.query(job_runs_sql(rules, NOW)), rules, REPORT, artifacts)
     assert [(e.kind, e.key) for e in events] == [
         (JOB_STARTED_FAILING, f"{JOB_STARTED_FAILING}|ci-aborted|{LOGS}/ci-aborted/6"),
+        (JOB_FAILING, f"{JOB_FAILING}|ci-back|{LOGS}/ci-back/3"),
         (JOB_FAILING, f"{JOB_FAILING}|ci-never|{LOGS}/ci-never/1"),
         (JOB_STARTED_FAILING, f"{JOB_STARTED_FAILING}|ci-started|{LOGS}/ci-started/7"),
         (JOB_FAILING, f"{JOB_FAILING}|ci-three|{LOGS}/ci-three/6"),
     ]
-    started, never, _, three = events
+    started, _, never, _, three = events
     assert started.title == "ci-aborted started failing: build 6 failed after 5 passes"
     assert never.title == "ci-never has never passed: 4 failed builds"
     assert three.title == "ci-three failed 3 builds in a row"
@@ -79,6 +85,7 @@ def test_job_runs_give_started_failing_and_n_in_a_row_once_per_run(warehouse):
     events = job_events(warehouse.query(job_runs_sql(with_presubmits, NOW)), with_presubmits, REPORT)
     assert [e.key for e in events] == [
         f"{JOB_STARTED_FAILING}|ci-aborted|{LOGS}/ci-aborted/6",
+        f"{JOB_FAILING}|ci-back|{LOGS}/ci-back/3",
         f"{JOB_STARTED_FAILING}|ci-flaky|{LOGS}/ci-flaky/5",
         f"{JOB_FAILING}|ci-never|{LOGS}/ci-never/1",
         f"{JOB_STARTED_FAILING}|ci-started|{LOGS}/ci-started/7",

@@ -7,8 +7,9 @@ Three families, each read from one warehouse table by one query below:
   `passes_before_failing` passes. `job_failing`: the run reached `consecutive_failures` (or the
   job never passed in that many builds). Both are keyed by the run's first failed build, so each
   run of failures gives at most one message of each kind, and a run that reaches N at once
-  gives only `job_failing`. Only jobs with a build in the last `active_days` are looked at;
-  `pr:` jobs (presubmits fail with their PRs) only when `include_presubmits`.
+  gives only `job_failing`. Only jobs with a build in the last `active_days` are looked at,
+  over their builds of the last `lookback_days`; `pr:` jobs (presubmits fail with their PRs)
+  only when `include_presubmits`.
 - **Clusters** (`failure_clusters`): a cluster first seen within `new_cluster_days` of the
   evaluation with at least `cluster_min_failures` failures. Keyed by its id (stable while the
   cluster's text is unchanged).
@@ -42,6 +43,7 @@ class AlertRules:
     consecutive_failures: int = 3
     passes_before_failing: int = 5
     active_days: int = 7
+    lookback_days: int = 30
     include_presubmits: bool = False
     cluster_min_failures: int = 20
     new_cluster_days: int = 2
@@ -102,19 +104,31 @@ def _ts(value: datetime) -> str:
 
 def job_runs_sql(rules: AlertRules, now: datetime) -> str:
     """Per active job with a failed latest build: its run of failures (`failures`, first and
-    latest build) and the passes right before it (`passes_before`; 0 when it never passed)."""
+    latest build) and the passes right before it (`passes_before`; 0 when it never passed).
+
+    Only the last `lookback_days` of builds are read (and the passes before a run counted):
+    a run with no pass in them whose job has older builds began earlier; its first failed
+    build, its identity, is not seen, so it is left out rather than keyed by a build that
+    changes every day.
+    """
     presubmits = "" if rules.include_presubmits else "AND NOT starts_with(job, 'pr:')"
+    outcome = f"""job IS NOT NULL AND started IS NOT NULL AND passed IS NOT NULL
+          AND coalesce(result, '') <> 'ABORTED' {presubmits}"""
+    since = _ts(now - timedelta(days=rules.lookback_days))
     return f"""
     WITH b AS (
         SELECT job, path, number, started, passed,
                row_number() OVER (PARTITION BY job ORDER BY started DESC, number DESC, path DESC) AS age
         FROM "all"
-        WHERE job IS NOT NULL AND started IS NOT NULL AND passed IS NOT NULL
-          AND coalesce(result, '') <> 'ABORTED' {presubmits}
+        WHERE {outcome} AND started >= {since}
     ), jobs AS (
         SELECT job, count(*) AS builds, min(CASE WHEN passed THEN age END) AS latest_pass_age
         FROM b GROUP BY job
         HAVING max(started) >= {_ts(now - timedelta(days=rules.active_days))}
+    ), started_earlier AS (
+        SELECT DISTINCT job FROM "all"
+        WHERE {outcome} AND started < {since}
+          AND job IN (SELECT job FROM jobs WHERE latest_pass_age IS NULL)
     ), runs AS (
         SELECT job, builds, latest_pass_age, coalesce(latest_pass_age, builds + 1) - 1 AS failures FROM jobs
     ), next_failure AS (
@@ -131,7 +145,7 @@ def job_runs_sql(rules: AlertRules, now: datetime) -> str:
     JOIN b AS f ON f.job = r.job AND f.age = r.failures
     JOIN b AS l ON l.job = r.job AND l.age = 1
     LEFT JOIN next_failure AS n ON n.job = r.job
-    WHERE r.failures > 0
+    WHERE r.failures > 0 AND r.job NOT IN (SELECT job FROM started_earlier)
     ORDER BY r.job
     """
 
@@ -189,10 +203,10 @@ def job_events(rows: Iterable[dict], rules: AlertRules, report_url: str,
             title = (f"{job} failed {failures} builds in a row" if passes  # 0: no pass in its whole history
                      else f"{job} has never passed: {failures} failed builds")
             if passes:
-                lines.insert(0, f"after {passes} passing builds")
+                lines.insert(0, f"after {passes} passing build{'s' * (passes != 1)}")
         elif passes >= max(1, rules.passes_before_failing):
             kind = JOB_STARTED_FAILING
-            title = f"{job} started failing: build {r['first_number']} failed after {passes} passes"
+            title = f"{job} started failing: build {r['first_number']} failed after {passes} pass{'es' * (passes != 1)}"
         else:
             continue
         events.append(AlertEvent(
