@@ -142,7 +142,7 @@ def _alert(resources: dict, settings: Settings, summary: SyncSummary, answers_re
         summary.failures.append(f"alerts: {type(exc).__name__}: {str(exc)[:300]}")
         echo(f"  !! alerts failed: {type(exc).__name__}: {str(exc)[:300]}")
         return
-    summary.alerts = {"found": result.found, "new": len(result.new), **result.delivery.metadata()}
+    summary.alerts = {"found": result.found or 0, "new": len(result.new), **result.delivery.metadata()}
     echo(f"  {result.summary()}" + ("" if alerts.targets() else " (no webhooks: KETTLE_ALERT_WEBHOOKS)"))
 
 

@@ -143,6 +143,7 @@ def test_flakiness_jumps_need_both_weeks_enough_results_and_the_thresholds(wareh
         ("ci-a", "too few results", 9, 3, 33.33, 0.0, 33.33),
         ("ci-a", "new test", 20, 5, 25.0, None, None),
         ("ci-a", "small jump", 20, 4, 20.0, 15.0, 5.0),
+        ("ci-a", "one flip", 10, 1, 10.0, 0.0, 10.0),
         ("ci-b", "flaky but low", 40, 3, 7.5, 0.0, 7.5),
     ]
     with warehouse.duckdb.get_connection() as conn:

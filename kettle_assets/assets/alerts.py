@@ -28,15 +28,15 @@ SOURCES = {"build_all": "jobs", "test_flakiness": "flakiness", "failure_clusters
 
 @dataclass
 class AlertRound:
-    found: int = 0
+    found: int | None = None  # None: the warehouse was not read this round
     new: list[AlertEvent] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # family -> why it could not be read
     delivery: DeliveryReport = field(default_factory=DeliveryReport)
 
     def summary(self) -> str:
         d = self.delivery
-        text = (f"alerts: {self.found} events found, {len(self.new)} new; {d.posted} posted, {d.failed} failed, "
-                f"{d.pending} waiting")
+        found = "" if self.found is None else f"{self.found} events found, {len(self.new)} new; "
+        text = f"alerts: {found}{d.posted} posted, {d.failed} failed, {d.pending} waiting"
         return text + (f"; not read: {', '.join(sorted(self.unavailable))}" if self.unavailable else "")
 
 

@@ -15,7 +15,8 @@ Three families, each read from one warehouse table by one query below:
   cluster's text is unchanged).
 - **Flakiness** (`test_flakiness`): a test whose flakiness over the last 7 days is at least
   `flakiness_min` and rose by at least `flakiness_jump` points over the 7 days before (which
-  must have run), from at least `flakiness_min_results` results. Keyed by job, test and the
+  must have run), from at least `flakiness_min_results` results and `flakiness_min_flips`
+  flips (one flip is chance). Keyed by job, test and the
   ISO week of the evaluation: at most one message per test and week.
 
 Builds are ordered by started time, then number, then path; builds without a result (`passed`
@@ -50,6 +51,7 @@ class AlertRules:
     flakiness_min: float = 10.0
     flakiness_jump: float = 10.0
     flakiness_min_results: int = 10
+    flakiness_min_flips: int = 2
 
     @classmethod
     def parse(cls, text: str) -> "AlertRules":
@@ -178,9 +180,14 @@ def _when(value) -> str:
     return at.strftime("%Y-%m-%d %H:%M UTC") if at else "unknown time"
 
 
+def _build_name(number, path: str) -> str:
+    """The build's number, or its folder's name where it has none (timestamped builds)."""
+    return str(number) if number is not None else path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _build_line(label: str, number, path: str, started, artifact_url: Callable[[str], str | None]) -> str:
     url = artifact_url(path)
-    return f"{label}: build {number} started {_when(started)}" + (f" — {url}" if url else f" — {path}")
+    return f"{label}: build {_build_name(number, path)} started {_when(started)}" + (f" — {url}" if url else f" — {path}")
 
 
 def job_events(rows: Iterable[dict], rules: AlertRules, report_url: str,
@@ -206,7 +213,7 @@ def job_events(rows: Iterable[dict], rules: AlertRules, report_url: str,
                 lines.insert(0, f"after {passes} passing build{'s' * (passes != 1)}")
         elif passes >= max(1, rules.passes_before_failing):
             kind = JOB_STARTED_FAILING
-            title = f"{job} started failing: build {r['first_number']} failed after {passes} pass{'es' * (passes != 1)}"
+            title = f"{job} started failing: build {_build_name(r['first_number'], r['first_path'])} failed after {passes} pass{'es' * (passes != 1)}"
         else:
             continue
         events.append(AlertEvent(
@@ -249,13 +256,14 @@ def flakiness_events(rows: Iterable[dict], rules: AlertRules, report_url: str, n
     events = []
     for r in rows:
         if (r["previous_flakiness"] is None or r["trend"] is None or int(r["considered"]) < rules.flakiness_min_results
+                or int(r["flips"]) < rules.flakiness_min_flips
                 or float(r["flakiness"]) < rules.flakiness_min or float(r["trend"]) < rules.flakiness_jump):
             continue
         events.append(AlertEvent(
             key=f"{FLAKINESS_JUMP}|{r['job']}|{r['name']}|{year}-W{week:02d}", kind=FLAKINESS_JUMP,
             title=f"{r['name']} in {r['job']} got flakier: {float(r['flakiness']):g}% "
                   f"(was {float(r['previous_flakiness']):g}% the week before)",
-            text=f"{r['flips']} flips in {r['considered']} results over the last 7 days",
+            text=f"{r['flips']} flip{'s' * (int(r['flips']) != 1)} in {r['considered']} results over the last 7 days",
             url=page_url(report_url, test_page(r["name"])),
             facts={"job": r["job"], "test": r["name"], "flakiness": float(r["flakiness"]),
                    "previous_flakiness": float(r["previous_flakiness"]), "trend": float(r["trend"]),
