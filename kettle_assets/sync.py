@@ -127,7 +127,7 @@ def run_sync(
         lock.release()
 
 
-def _alert(resources: dict, settings: Settings, summary: SyncSummary, answers_redone: bool, as_of, echo) -> None:
+def alert_after_answers(resources: dict, settings: Settings, summary: SyncSummary, answers_redone: bool, as_of, echo) -> None:
     """Record the events the new answers show and post what is due (retries of earlier syncs too).
     Before the answers marker is cleared: a sync killed before its events were recorded finds
     them next time."""
@@ -252,7 +252,7 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
         summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
     else:
         echo("[clusters] skipped: failure clusters are not written to BigQuery yet")
-    _alert(resources, settings, summary, answers_pending, as_of, echo)
+    alert_after_answers(resources, settings, summary, answers_pending, as_of, echo)
     if answers_pending and len(summary.failures) == failures_before:
         staging.write_marker(ANSWERS_PENDING, "no")
     if settings.retention_days > 0:
