@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sqlite3
+import threading
 import subprocess
 import sys
 import time
@@ -272,3 +273,23 @@ def test_a_refused_connection_waits_for_a_retry_and_logs_no_secret(tmp_path):
         (error,) = conn.execute("SELECT last_error FROM deliveries").fetchone()
     assert "ConnectionError" in error
     assert not any(secret in text for secret in ("secret", "hush") for text in (*lines, error))
+
+
+def test_two_deliverers_at_once_post_each_message_once(receiver, tmp_path):
+    """The sensor and a `kettle sync` may deliver at the same moment: leases keep them apart."""
+    hooks, outbox = f"json:{receiver.url('/json')}", str(tmp_path / "outbox.sqlite")
+    AlertWebhooks(webhooks=hooks, report_url=REPORT, outbox_file=outbox).record([event(f"e{i}") for i in range(30)], T0)
+    posted = []
+
+    def deliver():
+        mine = AlertWebhooks(webhooks=hooks, report_url=REPORT, outbox_file=outbox, max_posts_per_round=7)
+        for _ in range(10):
+            posted.append(mine.deliver_due(T0, lambda _l: None).posted)
+
+    threads = [threading.Thread(target=deliver) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sum(posted) == 30
+    assert sorted(p.body["key"] for p in receiver.received) == sorted(f"e{i}" for i in range(30))
