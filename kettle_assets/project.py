@@ -7,6 +7,7 @@ KETTLE_STORAGE_ROOT a folder standing for gs:// (local)
 KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default: ./.kettle)
 KETTLE_START_DATE   first day partition (default: the first day with staged builds, else two weeks ago)
 KETTLE_ARTIFACT_URL where a build's artifacts are browsed: {bucket} and {path} (default: gcsweb.k8s.io)
+KETTLE_REPORT_URL   where the CI report ($KETTLE_HOME/report/) is served (default: that folder as a file:// URL)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_FETCH_THREADS  artifact fetches in flight (default: 16 local, 64 gcp)
 KETTLE_GCS_CONNECTIONS  pooled HTTP connections to GCS (default 64)
@@ -14,6 +15,8 @@ KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KE
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
 KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
 KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store (the benchmark uses it)
+KETTLE_ALERT_WEBHOOKS  where alerts are posted: slack:<url> or json:<url>, comma-separated (default: none)
+KETTLE_ALERT_RULES  alert thresholds, name=value,... (e.g. consecutive_failures=2; defaults in docs/alerts.md)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from .automation import JOBS, make_automation
+from .assets.alerts import alert_on_new_failures
 from .assets.collection import make_collection_assets
 from .assets.checks import make_build_checks, make_contract_checks
 from .assets.common import bucket_partitions, day_partitions
@@ -38,6 +42,7 @@ from .assets.failure_clusters import failure_clusters, failure_clusters_automati
 from .assets.metrics import make_metric_assets
 from .assets.test_results import make_test_results_asset
 from .assets.windows import make_window_assets
+from .core.alerts import AlertRules
 from .core.config import load_buckets
 from .resources.artifacts import LocalArtifactStore
 from .resources.gcs import GCSArtifactStore
@@ -46,6 +51,7 @@ from .resources.notifications import LocalFolderNotificationSource, PubSubNotifi
 from .resources.settings import KettleSettings
 from .resources.staging import StagingStore
 from .resources.warehouse import DuckDBWarehouse
+from .resources.webhooks import AlertWebhooks, parse_webhooks
 
 EARLIEST_START_DATE = "2014-01-01"  # Kettle's first year: staged days before it are bad timestamps
 DAYS_WITHOUT_DATA = 14  # an empty home's partitions: the last two weeks
@@ -71,10 +77,13 @@ class Settings:
     bq_endpoint: str | None = None
     bq_deadline: float = 180.0
     pubsub_subscription: str | None = None
+    alert_webhooks: str = ""  # slack:<url> or json:<url>, comma-separated
+    alert_rules: str = ""  # name=value,... over AlertRules' defaults
     warehouse: str | None = None  # override: duckdb or bigquery (default: the env's)
     retention_days: int = 0  # staging days older than this are pruned after a sync; 0 keeps all
     max_row_bytes: int = 100 * 1024 * 1024
     artifact_url: str = DEFAULT_ARTIFACT_URL
+    report_url: str | None = None  # None: $KETTLE_HOME/report as a file:// URL
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -99,6 +108,8 @@ class Settings:
             bq_endpoint=env.get("KETTLE_BQ_ENDPOINT") or None,
             bq_deadline=_number("KETTLE_BQ_DEADLINE", env.get("KETTLE_BQ_DEADLINE", "180"), float, 0.1, 86400),
             pubsub_subscription=env.get("KETTLE_PUBSUB_SUBSCRIPTION") or None,
+            alert_webhooks=env.get("KETTLE_ALERT_WEBHOOKS", ""),
+            alert_rules=env.get("KETTLE_ALERT_RULES", ""),
             warehouse=env.get("KETTLE_WAREHOUSE") or None,
             retention_days=_number(
                 "KETTLE_STAGING_RETENTION_DAYS", env.get("KETTLE_STAGING_RETENTION_DAYS", "0"), int, 0, 100_000
@@ -107,6 +118,7 @@ class Settings:
                 "KETTLE_MAX_ROW_BYTES", env.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024)), int, 1024, 1 << 40
             ),
             artifact_url=env.get("KETTLE_ARTIFACT_URL") or DEFAULT_ARTIFACT_URL,
+            report_url=env.get("KETTLE_REPORT_URL") or None,
         )
         if overrides.get("fetch_threads") is not None:
             overrides["fetch_threads"] = _number("--threads", str(overrides["fetch_threads"]), int, 1, 512)
@@ -118,10 +130,22 @@ class Settings:
             raise SettingError(
                 f"KETTLE_ARTIFACT_URL may only use {{bucket}} and {{path}}, not {values['artifact_url'][:200]!r}"
             ) from None
+        if values["report_url"] and not re.match(r"(https?|file)://", values["report_url"]):
+            raise SettingError(
+                f"KETTLE_REPORT_URL must be an http(s):// or file:// address, not {values['report_url'][:200]!r}"
+            )
         if values["env"] not in ("local", "gcp"):
             raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
         if values["warehouse"] not in (None, "duckdb", "bigquery"):
             raise SettingError(f"KETTLE_WAREHOUSE must be duckdb or bigquery, not {values['warehouse'][:100]!r}")
+        try:
+            parse_webhooks(values["alert_webhooks"])
+        except ValueError as exc:
+            raise SettingError(f"KETTLE_ALERT_WEBHOOKS: {exc}") from None
+        try:
+            AlertRules.parse(values["alert_rules"])
+        except ValueError as exc:
+            raise SettingError(f"KETTLE_ALERT_RULES: {exc}") from None
         if values.get("fetch_threads") is None:  # GCS requests wait on the network: keep more in flight
             values["fetch_threads"] = 64 if values["env"] == "gcp" else 16
         return cls(**values)
@@ -162,6 +186,11 @@ def first_partition_day(settings: Settings) -> str:
     if staged:
         return min(staged)
     return (datetime.now(timezone.utc).date() - timedelta(days=DAYS_WITHOUT_DATA)).isoformat()
+
+
+def report_root_url(settings: Settings) -> str:
+    """Where the CI report is read from: KETTLE_REPORT_URL, else its folder under the home."""
+    return settings.report_url or (Path(settings.home).resolve() / "report").as_uri()
 
 
 def duckdb_warehouse(home: Path) -> DuckDBWarehouse:
@@ -215,6 +244,10 @@ def build_resources(settings: Settings) -> dict:
             max_row_bytes=settings.max_row_bytes,
             artifact_url=settings.artifact_url,
         ),
+        "alerts": AlertWebhooks(
+            webhooks=settings.alert_webhooks, rules=settings.alert_rules, report_url=report_root_url(settings),
+            outbox_file=str(home / "alerts" / "outbox.sqlite"),
+        ),
     }
 
 
@@ -246,7 +279,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources=build_resources(settings),
         jobs=JOBS,
         schedules=schedules,
-        sensors=[*sensors, failure_clusters_automation],
+        sensors=[*sensors, failure_clusters_automation, alert_on_new_failures],
         executor=dg.in_process_executor,
     )
 

@@ -22,6 +22,7 @@ from .automation import (
     JOBS, METRICS_SELECTION, collect_bucket_job, contiguous_ranges, range_tags, refresh_failure_clusters_job,
     refresh_metrics_job, refresh_windows_job, stage_and_publish_job,
 )
+from .assets.alerts import alert_round
 from .launcher import RUN_PID_TAG
 from .project import Settings, build_assets, build_checks, build_resources
 from .resources.warehouse import DuckDBWarehouse
@@ -41,6 +42,7 @@ class SyncSummary:
     windows: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, int] = field(default_factory=dict)
     clusters: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runs: int = 0
@@ -123,6 +125,25 @@ def run_sync(
         return _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse, verbose)
     finally:
         lock.release()
+
+
+def alert_after_answers(resources: dict, settings: Settings, summary: SyncSummary, answers_redone: bool, as_of, echo) -> None:
+    """Record the events the new answers show and post what is due (retries of earlier syncs too).
+    Before the answers marker is cleared: a sync killed before its events were recorded finds
+    them next time."""
+    alerts = resources["alerts"]
+    if not answers_redone and not alerts.targets():
+        return
+    echo("[alerts] jobs failing, new failure clusters, flakiness jumps" if answers_redone else "[alerts] retries due")
+    try:
+        result = alert_round(resources["warehouse"] if answers_redone else None, alerts, settings.artifact_url,
+                             lambda line: echo(f"  {line}"), as_of=as_of)
+    except Exception as exc:  # noqa: BLE001 - e.g. an unwritable outbox: the sync says so, the next one retries
+        summary.failures.append(f"alerts: {type(exc).__name__}: {str(exc)[:300]}")
+        echo(f"  !! alerts failed: {type(exc).__name__}: {str(exc)[:300]}")
+        return
+    summary.alerts = {"found": result.found or 0, "new": len(result.new), **result.delivery.metadata()}
+    echo(f"  {result.summary()}" + ("" if alerts.targets() else " (no webhooks: KETTLE_ALERT_WEBHOOKS)"))
 
 
 def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse, verbose) -> SyncSummary:
@@ -231,6 +252,7 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
         summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
     else:
         echo("[clusters] skipped: failure clusters are not written to BigQuery yet")
+    alert_after_answers(resources, settings, summary, answers_pending, as_of, echo)
     if answers_pending and len(summary.failures) == failures_before:
         staging.write_marker(ANSWERS_PENDING, "no")
     if settings.retention_days > 0:

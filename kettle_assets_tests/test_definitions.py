@@ -22,6 +22,7 @@ def test_freshness_replaces_monitor_py_and_automation_runs_by_default(sample_tre
         "publish_affected_days": dg.DefaultSensorStatus.RUNNING,
         "failure_clusters_automation": dg.DefaultSensorStatus.RUNNING,
         "refresh_metrics_on_new_rows": dg.DefaultSensorStatus.RUNNING,
+        "alert_on_new_failures": dg.DefaultSensorStatus.RUNNING,
     }
     assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in defs.schedules)
     assert defs.resolve_job_def("stream_builds").executor_def is dg.in_process_executor

@@ -7,13 +7,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kettle_assets.core.alerts import AlertRules, job_events, job_runs_sql
 from kettle_assets.core.metrics import METRICS, Window, flakiness_sql, metric_sql
 from kettle_assets.project import Settings, build_resources, duckdb_warehouse
 from kettle_assets.resources.staging import ROW_SCHEMA
 
 from .conftest import BUCKETS
 from .support.servers import bq_emulator
-from .test_metrics import AS_OF, hand_built_rows
+from .test_metrics import AS_OF, CI, hand_built_rows
 
 
 def plain(value):
@@ -65,3 +66,16 @@ def test_flakiness_matches_duckdb(both):
     duck, bq = both
     sql = flakiness_sql(Window(datetime(2026, 12, 2, tzinfo=timezone.utc), AS_OF))
     assert normalised(bq.query(sql)) == normalised(duck.query(sql))
+
+
+def test_alert_job_runs_match_duckdb(both):
+    duck, bq = both
+    rules = AlertRules(consecutive_failures=1, include_presubmits=True)
+    sql = job_runs_sql(rules, AS_OF)
+    found = duck.query(sql)
+    # the PR job's latest build passed; a build without a result has passed = false
+    assert [(r["job"], r["failures"], r["passes_before"]) for r in found] == [
+        ("ci-kubernetes-e2e", 2, 2), ("ci-kubernetes-null", 1, 0)]
+    assert normalised(bq.query(sql)) == normalised(found)
+    assert [e.key for e in job_events(bq.query(sql), rules, "https://r")] == [
+        f"job_failing|ci-kubernetes-e2e|{CI}/5", f"job_failing|ci-kubernetes-null|{CI.replace('e2e', 'null')}/11"]

@@ -112,6 +112,7 @@ def test_graphql_shows_assets_lineage_partitions_sensors_schedules(dagster_dev):
     assert {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]} == {
         "stream_finished_builds": "RUNNING", "publish_affected_days": "RUNNING",
         "failure_clusters_automation": "RUNNING", "refresh_metrics_on_new_rows": "RUNNING",
+        "alert_on_new_failures": "RUNNING",
     }
     assert {s["name"] for s in repo["schedules"]} == {"reconcile_buckets", "refresh_windows_hourly", "close_yesterday"}
 
