@@ -7,6 +7,7 @@ KETTLE_STORAGE_ROOT a folder standing for gs:// (local)
 KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default: ./.kettle)
 KETTLE_START_DATE   first day partition (default: the first day with staged builds, else two weeks ago)
 KETTLE_ARTIFACT_URL where a build's artifacts are browsed: {bucket} and {path} (default: gcsweb.k8s.io)
+KETTLE_REPORT_URL   where the CI report ($KETTLE_HOME/report/) is served (default: that folder as a file:// URL)
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_FETCH_THREADS  artifact fetches in flight (default: 16 local, 64 gcp)
 KETTLE_GCS_CONNECTIONS  pooled HTTP connections to GCS (default 64)
@@ -36,6 +37,7 @@ from .assets.daily import make_daily_assets
 from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.failure_clusters import failure_clusters, failure_clusters_automation
 from .assets.metrics import make_metric_assets
+from .assets.report import ci_report
 from .assets.test_results import make_test_results_asset
 from .assets.windows import make_window_assets
 from .core.config import load_buckets
@@ -75,6 +77,7 @@ class Settings:
     retention_days: int = 0  # staging days older than this are pruned after a sync; 0 keeps all
     max_row_bytes: int = 100 * 1024 * 1024
     artifact_url: str = DEFAULT_ARTIFACT_URL
+    report_url: str | None = None  # None: $KETTLE_HOME/report as a file:// URL
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -107,6 +110,7 @@ class Settings:
                 "KETTLE_MAX_ROW_BYTES", env.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024)), int, 1024, 1 << 40
             ),
             artifact_url=env.get("KETTLE_ARTIFACT_URL") or DEFAULT_ARTIFACT_URL,
+            report_url=env.get("KETTLE_REPORT_URL") or None,
         )
         if overrides.get("fetch_threads") is not None:
             overrides["fetch_threads"] = _number("--threads", str(overrides["fetch_threads"]), int, 1, 512)
@@ -118,6 +122,10 @@ class Settings:
             raise SettingError(
                 f"KETTLE_ARTIFACT_URL may only use {{bucket}} and {{path}}, not {values['artifact_url'][:200]!r}"
             ) from None
+        if values["report_url"] and not re.match(r"(https?|file)://", values["report_url"]):
+            raise SettingError(
+                f"KETTLE_REPORT_URL must be an http(s):// or file:// address, not {values['report_url'][:200]!r}"
+            )
         if values["env"] not in ("local", "gcp"):
             raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
         if values["warehouse"] not in (None, "duckdb", "bigquery"):
@@ -214,6 +222,7 @@ def build_resources(settings: Settings) -> dict:
             fetch_threads=settings.fetch_threads,
             max_row_bytes=settings.max_row_bytes,
             artifact_url=settings.artifact_url,
+            report_url=settings.report_url or (home / "report").as_uri(),
         ),
     }
 
@@ -228,7 +237,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
     return [
         *(with_owners_and_schema(a, bucket_owners(buckets)) for a in assets),
-        test_results, *make_metric_assets(build_all, test_results), failure_clusters,
+        test_results, *make_metric_assets(build_all, test_results), failure_clusters, ci_report,
     ]
 
 
