@@ -12,6 +12,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -208,9 +209,16 @@ def _no_series(days: list[str]) -> dict:
             "p50": [None] * len(days), "p99": [None] * len(days)}
 
 
+def _plain(value):
+    """JSON for what warehouses return beside plain numbers (DECIMAL columns)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} in a figure")
+
+
 def _figure_json(figure: dict) -> Markup:
     """A figure as JSON safe inside <script> (no `</` can close it)."""
-    return Markup(orjson.dumps(figure).decode().replace("</", "<\\/"))
+    return Markup(orjson.dumps(figure, default=_plain).decode().replace("</", "<\\/"))
 
 
 def environment() -> jinja2.Environment:
