@@ -3,10 +3,7 @@ rendered site (files, links, paging, one plotly.js)."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
-from pathlib import Path
-from urllib.parse import unquote
 
 import duckdb
 import pytest
@@ -14,6 +11,8 @@ import pytest
 from kettle_assets.core import report_data as rd
 from kettle_assets.core import report_links as links
 from kettle_assets.core.report_site import SiteOptions, render_site, report_queries, site_pages
+
+from .support.report_files import broken_links
 
 WINDOW = rd.ReportWindow(datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 11, 4, tzinfo=timezone.utc))
 BUCKETS = ["gs://b/logs/", "gs://b/pr-logs/"]
@@ -140,21 +139,6 @@ def test_paging_and_small_helpers():
     assert links.paged(links.job_page("ci-a"), 2) == "jobs/ci-a-p2.html"
     assert [rd.trend_word(t) for t in (None, 2.0, -1.0, 0.0)] == ["new", "worse", "better", "same"]
     assert rd.rate(1, 3) == 0.333 and rd.rate(1, 0) is None
-
-
-HREF = re.compile(r'(?:href|src)="([^"#]+)"')
-
-
-def broken_links(folder: Path) -> list[str]:
-    """Every relative href/src of every page that names no file."""
-    broken = []
-    for page in folder.rglob("*.html"):
-        for target in HREF.findall(page.read_text()):
-            if re.match(r"[a-z]+://", target):
-                continue
-            if not (page.parent / unquote(target)).resolve().is_file():
-                broken.append(f"{page.relative_to(folder)} -> {target}")
-    return broken
 
 
 def test_site_renders_every_page_kind_with_working_links_and_one_plotly(warehouse, tmp_path):

@@ -338,7 +338,7 @@ def flaky_figures(tests: list[dict], jobs: list[dict], top: int = 15) -> list[di
     shown = tests[:top]
     labels = [f"{t['name'][:60]} ({t['job']})" for t in shown][::-1]
     margin = {"t": 40, "b": 40, "l": 420, "r": 10}
-    figures = [{
+    figures = [] if not shown else [{
         "data": [
             {"type": "bar", "orientation": "h", "name": "this week", "y": labels, "x": [t["flakiness"] for t in shown][::-1],
              "marker": {"color": FLAKY_COLOR}},
@@ -349,6 +349,8 @@ def flaky_figures(tests: list[dict], jobs: list[dict], top: int = 15) -> list[di
                    "height": 120 + 36 * len(shown), "margin": margin, "legend": {"orientation": "h"}},
     }]
     flaky_jobs = [j for j in jobs if (j["flakes"] or 0) > 0][:top]
+    if not flaky_jobs:
+        return figures
     figures.append({
         "data": [{"type": "bar", "orientation": "h", "name": "flaky commits", "y": [j["job"] for j in flaky_jobs][::-1],
                   "x": [j["flakes"] for j in flaky_jobs][::-1], "marker": {"color": FLAKY_COLOR}}],
