@@ -66,6 +66,7 @@ def test_a_sync_redoes_the_answers_only_after_new_rows_even_across_a_crash(own_k
     lines: list[str] = []
     run_sync(own_kettle.settings, instance=own_kettle.instance, as_of=SAMPLE_NOW, echo=lines.append)
     assert "[metrics] no new rows: unchanged" in lines and "[clusters] no new rows: unchanged" in lines
+    assert "[report] no new rows: unchanged" in lines
     # a sync killed after publishing, before the metrics ran, leaves the marker: the next one redoes them
     staging = StagingStore(home=str(own_kettle.home))
     staging.write_marker(ANSWERS_PENDING, "yes")
@@ -73,6 +74,7 @@ def test_a_sync_redoes_the_answers_only_after_new_rows_even_across_a_crash(own_k
     run_sync(own_kettle.settings, instance=own_kettle.instance, as_of=SAMPLE_NOW, echo=lines.append)
     assert any(line.startswith("[metrics] flakes") for line in lines)
     assert any(line.startswith("[clusters] failure clusters") for line in lines)
+    assert "[report] CI report" in lines
     assert staging.read_marker(ANSWERS_PENDING) == "no"
 
 
