@@ -177,7 +177,8 @@ def site_pages(rows: dict[str, list[dict]], window: rd.ReportWindow, options: Si
             pages.append(Page(links.cluster_page(cid), "cluster.html", "cluster", {
                 "title": f"Cluster {cid}", "cluster": c, "failures": shown,
                 "failures_total": shown[0]["total"] if shown else 0,
-                "tests": by_test.most_common(), "jobs": by_job.most_common(),
+                "tests": by_test.most_common(per_page), "tests_total": len(by_test),
+                "jobs": by_job.most_common(per_page), "jobs_total": len(by_job),
                 "figures": [rd.cluster_figure(cluster_days, days_by_cluster.get(cid, {}), "failures per day")],
             }))
     else:
