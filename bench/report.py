@@ -174,14 +174,15 @@ def main() -> int:
         f"| {rendered['bytes']} |",
         f"| largest page | {name}, {size} bytes |",
         f"| peak RSS of the process | {rendered['rss_mb']:.0f} MB |",
-        "", f"Plots: cost per figure of a job page's figures, and for the site's {figures} figures:\n",
+        "", f"Plots: the Python-side cost per figure of a job page's figures, and for the site's {figures} figures "
+        "(ours and plotly's Python figures leave the drawing to plotly.js in the browser; matplotlib draws here):\n",
         "| way | per figure | the site's figures | ratio to ours |", "|---|---|---|---|",
     ]
     for label, (each, total) in libraries.items():
         if each is None:
             lines.append(f"| {label} | not installed | | |")
         else:
-            lines.append(f"| {label} | {each * 1000:.2f} ms | {total:.1f} s | {each / base:.0f}× |")
+            lines.append(f"| {label} | {each * 1e6:,.0f} µs | {total:.2f} s | {each / base:,.0f}× |")
     lines += ["", "Page loads from disk in headless Chromium (navigation until every plot is drawn, median of 3):\n",
               "| page | bytes | seconds |", "|---|---|---|"]
     lines += [f"| {label} | {size} | {seconds:.2f} |" for label, size, seconds in loads]

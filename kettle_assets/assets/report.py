@@ -75,8 +75,7 @@ def ci_report(
     )
     if not with_clusters:
         context.log.warning("ci_report: no failure_clusters table in the warehouse; the clusters page says so")
-    rows = {name: warehouse.query(sql) for name, sql in
-            report_queries(window, [b.url for b in settings.buckets], options, with_clusters).items()}
+    rows = warehouse.query_all(report_queries(window, [b.url for b in settings.buckets], options, with_clusters))
     queried = time.perf_counter()
     pages, counts = site_pages(rows, window, options, lambda path: artifact_url(path, settings.artifact_url),
                                _triage_spans(staging, context.log) if with_clusters else None)

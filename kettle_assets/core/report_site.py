@@ -188,6 +188,8 @@ def site_pages(rows: dict[str, list[dict]], window: rd.ReportWindow, options: Si
         }))
 
     for name, results in history.items():
+        for r in results:
+            r["job_href"], r["build_href"] = linker.job(r["job"]), linker.build(r["path"])
         pages.append(Page(links.test_page(name), "test.html", "test", {
             "title": name, "name": name, "results": results, "total": results[0]["total"],
             "failed": sum(1 for r in results if r["failed"]), "jobs": sorted({r["job"] for r in results if r["job"]}),
@@ -210,6 +212,15 @@ def _no_series(days: list[str]) -> dict:
             "p50": [None] * len(days), "p99": [None] * len(days)}
 
 
+_CELL = {state: Markup(f'<td class="cell {state}" title="{state or "no result"}"></td>')
+         for state in (rd.PASS, rd.FAIL, rd.FLAKY, "")}
+
+
+def _cells(cells: list[str]) -> Markup:
+    """A grid row's cells (the grids are the bulk of the HTML: no per-cell template work)."""
+    return Markup("".join(_CELL[c] for c in cells))
+
+
 def _plain(value):
     """JSON for what warehouses return beside plain numbers (DECIMAL columns)."""
     if isinstance(value, Decimal):
@@ -228,6 +239,7 @@ def environment() -> jinja2.Environment:
         autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
     )
     env.filters["figure_json"] = _figure_json
+    env.filters["cells"] = _cells
     env.filters["when"] = _when
     env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.1f}%"
     env.filters["num"] = lambda v: "" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
