@@ -21,7 +21,7 @@ pytestmark = pytest.mark.ui
 ASSETS = {"build_listing", "build_metadata", "junit_results", "build_rows", "build_all", "build_week", "build_day",
           "test_results", "failure_clusters"}  # the pipeline; the metric assets hang off test_results
 ANSWERS = {"metric_flakes", "metric_flakes_daily", "metric_build_stats", "metric_failures", "metric_job_health",
-           "metric_job_health_weekly", "metric_presubmit_health", "test_flakiness"}
+           "metric_job_health_weekly", "metric_presubmit_health", "test_flakiness", "ci_report"}
 
 
 @pytest.fixture(scope="module")
