@@ -8,6 +8,7 @@ from typing import Optional
 
 import dagster as dg
 import orjson
+from pydantic import Field
 
 from ..core.report_data import ReportWindow
 from ..core.report_site import SiteOptions, render_site, report_queries, site_pages
@@ -28,9 +29,9 @@ REPORT_DEPS = [
 
 class ReportConfig(dg.Config):
     as_of: Optional[float] = None  # epoch seconds the window ends at; default: now
-    days: int = 14  # builds started in the last `days` days
-    grid_builds: int = 30  # builds (columns) of each job's grid
-    page_rows: int = 100  # rows of a list per page file
+    days: int = Field(default=14, ge=1)  # builds started in the last `days` days
+    grid_builds: int = Field(default=30, ge=1)  # builds (columns) of each job's grid
+    page_rows: int = Field(default=100, ge=1)  # rows of a list per page file
 
 
 def _triage_spans(staging: StagingStore, log) -> dict[str, list[int]]:

@@ -212,10 +212,9 @@ def day_range(window: ReportWindow) -> list[str]:
     return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
-def _iso(value) -> str:
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()[:10] if not isinstance(value, datetime) else value.strftime("%Y-%m-%d")
-    return str(value)[:10]
+def iso_day(value) -> str:
+    """The YYYY-MM-DD of a date, a timestamp or its text."""
+    return value.isoformat()[:10] if isinstance(value, (date, datetime)) else str(value)[:10]
 
 
 def rate(part: float, whole: float) -> float | None:
@@ -226,7 +225,7 @@ def overview(rows: Iterable[dict], days: list[str]) -> dict:
     """Per bucket and in total: builds and pass rate per day, and the window's totals."""
     per_bucket: dict[str, dict[str, list[int]]] = defaultdict(lambda: {d: [0, 0] for d in days})
     for r in rows:
-        day = _iso(r["day"])
+        day = iso_day(r["day"])
         if day in days:
             counts = per_bucket[r["bucket"]][day]
             counts[0] += int(r["builds"])
@@ -266,7 +265,7 @@ def job_series(rows: Iterable[dict], days: list[str]) -> dict[str, dict]:
     """Per job, aligned on `days`: runs, failure rate and p50/p99 minutes (None where it did not run)."""
     by_job: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
-        by_job[r["job"]][_iso(r["day"])] = r
+        by_job[r["job"]][iso_day(r["day"])] = r
     out = {}
     for job, per_day in by_job.items():
         got = [per_day.get(d) for d in days]
@@ -408,7 +407,7 @@ def test_history_figure(name: str, results: list[dict]) -> dict:
     """Passes and failures per day of one test's shown results."""
     per_day: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for r in results:
-        per_day[_iso(r["started"])][1 if r["failed"] else 0] += 1
+        per_day[iso_day(r["started"])][1 if r["failed"] else 0] += 1
     days = sorted(per_day)
     return {
         "data": [

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import jinja2
 import orjson
@@ -154,7 +155,7 @@ def site_pages(rows: dict[str, list[dict]], window: rd.ReportWindow, options: Si
         spans = spans or {}
         days_by_cluster: dict[str, dict[str, int]] = {}
         for r in rows["cluster_days"]:
-            days_by_cluster.setdefault(r["cluster_id"], {})[rd._iso(r["day"])] = r["failures"]
+            days_by_cluster.setdefault(r["cluster_id"], {})[rd.iso_day(r["day"])] = r["failures"]
         cluster_days = sorted({d for c in days_by_cluster.values() for d in c}) or days
         for c in clusters:
             c["pieces"] = rd.highlight(c["text"] or "", spans.get(c["cluster_id"]))
@@ -264,8 +265,6 @@ def plotly_js() -> bytes:
 def render_site(pages: list[Page], folder: Path, window: rd.ReportWindow, generated: datetime | None = None) -> RenderStats:
     """Write every page, the static files and plotly.js into a new folder, then swap it in for
     `folder`: readers see the old report or the new one, never a mix of both."""
-    import time
-
     started = time.perf_counter()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
