@@ -11,7 +11,8 @@
 - `refresh_windows_hourly` (schedule): rebuild `week` and `day` so they slide with time.
 - `close_yesterday` (schedule): redo yesterday's partition once it is complete.
 - `refresh_metrics_on_new_rows` (automation condition sensor): `test_results` and the metrics
-  follow `all` eagerly: a day published (by any run) recomputes them once.
+  follow `all` eagerly: a day published (by any run) recomputes them once; the CI report
+  (`ci_report`) follows the metrics and the failure clusters the same way.
 """
 
 import hashlib
@@ -34,6 +35,7 @@ COLLECT_SELECTION = dg.AssetSelection.assets("build_listing", "build_metadata")
 DAILY_SELECTION = dg.AssetSelection.assets("junit_results", "build_rows", "build_all", "test_results")
 WINDOW_SELECTION = dg.AssetSelection.assets("build_week", "build_day")
 METRICS_SELECTION = dg.AssetSelection.groups("metrics")
+REPORT_SELECTION = dg.AssetSelection.assets("ci_report")
 
 collect_bucket_job = dg.define_asset_job(
     "collect_bucket", selection=COLLECT_SELECTION, description="List one bucket and fetch its new builds' metadata."
@@ -59,10 +61,14 @@ refresh_failure_clusters_job = dg.define_asset_job(
     "refresh_failure_clusters", selection=dg.AssetSelection.assets("failure_clusters"),
     description="Triage's failure clusters of the window (incremental).",
 )
+refresh_report_job = dg.define_asset_job(
+    "refresh_report", selection=REPORT_SELECTION,
+    description="The static CI report from the metrics and failure clusters.",
+)
 # every job of the code location; `kettle sync` runs the same ones by name
 JOBS = [
     collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job, refresh_metrics_job,
-    refresh_failure_clusters_job,
+    refresh_failure_clusters_job, refresh_report_job,
 ]
 STREAM_OPS = ("junit_results", "build_rows", "build_all", "build_week", "build_day")
 UNPUBLISHED_GRACE_SECONDS = 600  # a dirty day older than this, with no run fixing it, is requested again
@@ -239,9 +245,9 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
 
     refresh_metrics = dg.AutomationConditionSensorDefinition(
         "refresh_metrics_on_new_rows",
-        target=METRICS_SELECTION | dg.AssetSelection.assets("test_results"),
+        target=METRICS_SELECTION | dg.AssetSelection.assets("test_results") | REPORT_SELECTION,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Recompute test_results and the metrics after new rows are published.",
+        description="Recompute test_results and the metrics after new rows are published, then the CI report.",
     )
     return [reconcile_buckets, refresh_windows_hourly, close_yesterday], [
         stream_finished_builds, publish_affected_days, refresh_metrics,

@@ -128,6 +128,8 @@ def cmd_sync(args) -> int:
           f"{summary.rows_loaded} rows loaded into all, week={summary.windows.get('week', 0)}, "
           f"day={summary.windows.get('day', 0)}, {summary.runs} Dagster runs in {summary.seconds:.1f}s")
     print(f"exports: {Path(settings.home).resolve() / 'export'}")
+    if summary.report_url:
+        print(f"report: {summary.report_url}")
     if summary.failures:
         for failure in summary.failures:
             explained = explain_failure_text(failure, home)
@@ -136,6 +138,34 @@ def cmd_sync(args) -> int:
                 return 2
         print("failures:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Where the CI report is; with --open, open it in a browser."""
+    from .core import report_links
+    from .project import SettingError
+
+    try:
+        settings = _settings(args)
+    except SettingError as exc:
+        print(f"kettle: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    folder = Path(settings.home).resolve() / "report"
+    index = folder / report_links.INDEX
+    if not index.is_file():
+        print(f"kettle: no CI report under {folder} yet: run `kettle sync` (it renders one), or materialize "
+              f"the ci_report asset", file=sys.stderr)
+        return 2
+    url = report_links.page_url(settings.report_url or folder.as_uri(), report_links.INDEX)
+    print(f"report: {index}")
+    print(f"url: {url}")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            print(f"kettle: no browser could be started here; open {url} yourself", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -166,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="publish every staged day again (after losing or deleting warehouse.duckdb)")
     sync.add_argument("-v", "--verbose", action="store_true", help="show Dagster's own debug events")
     sync.set_defaults(func=cmd_sync)
+
+    report = sub.add_parser("report", help="print where the CI report is (and open it)")
+    report.add_argument("--home", help="data folder holding report/ (env KETTLE_HOME, default ./.kettle)")
+    report.add_argument("--open", action="store_true", help="open the report in a web browser")
+    report.set_defaults(func=cmd_report, buckets=None, storage_root=None, threads=None, env=None)
 
     sample = sub.add_parser("sample", help="write the bundled sample artifact tree")
     sample.add_argument("dir", help="folder to write (its sub-folders are buckets)")

@@ -40,6 +40,7 @@ from .assets.daily import make_daily_assets
 from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.failure_clusters import failure_clusters, failure_clusters_automation
 from .assets.metrics import make_metric_assets
+from .assets.report import ci_report
 from .assets.test_results import make_test_results_asset
 from .assets.windows import make_window_assets
 from .core.alerts import AlertRules
@@ -243,6 +244,7 @@ def build_resources(settings: Settings) -> dict:
             fetch_threads=settings.fetch_threads,
             max_row_bytes=settings.max_row_bytes,
             artifact_url=settings.artifact_url,
+            report_url=report_root_url(settings),
         ),
         "alerts": AlertWebhooks(
             webhooks=settings.alert_webhooks, rules=settings.alert_rules, report_url=report_root_url(settings),
@@ -261,7 +263,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
     return [
         *(with_owners_and_schema(a, bucket_owners(buckets)) for a in assets),
-        test_results, *make_metric_assets(build_all, test_results), failure_clusters,
+        test_results, *make_metric_assets(build_all, test_results), failure_clusters, ci_report,
     ]
 
 

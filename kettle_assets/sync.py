@@ -20,16 +20,17 @@ from filelock import FileLock, Timeout
 
 from .automation import (
     JOBS, METRICS_SELECTION, collect_bucket_job, contiguous_ranges, range_tags, refresh_failure_clusters_job,
-    refresh_metrics_job, refresh_windows_job, stage_and_publish_job,
+    refresh_metrics_job, refresh_report_job, refresh_windows_job, stage_and_publish_job,
 )
 from .assets.alerts import alert_round
+from .core import report_links
 from .launcher import RUN_PID_TAG
 from .project import Settings, build_assets, build_checks, build_resources
 from .resources.warehouse import DuckDBWarehouse
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # `kettle sync` without -v: its own one line per stage on stdout, Dagster's log only in the runs
-ANSWERS_PENDING = "answers_pending"  # staging marker: rows published, metrics and clusters not yet redone
+ANSWERS_PENDING = "answers_pending"  # staging marker: rows published, metrics, clusters and report not yet redone
 LOG_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
@@ -43,6 +44,8 @@ class SyncSummary:
     metrics: dict[str, int] = field(default_factory=dict)
     clusters: int = 0
     alerts: dict[str, int] = field(default_factory=dict)
+    report_pages: int = 0
+    report_url: str | None = None
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runs: int = 0
@@ -252,6 +255,17 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
         summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
     else:
         echo("[clusters] skipped: failure clusters are not written to BigQuery yet")
+    report_index = Path(settings.home).resolve() / "report" / report_links.INDEX
+    if not answers_pending and report_index.exists():
+        echo("[report] no new rows: unchanged")
+    elif isinstance(resources["warehouse"], DuckDBWarehouse):  # it reads the cluster tables too
+        echo("[report] CI report")
+        result = materialize(refresh_report_job, "report", run_config={**log_config, "ops": {"ci_report": window_config}})
+        summary.report_pages = _metadata(result, "ci_report").get("pages", 0)
+    else:
+        echo("[report] skipped: the CI report reads the DuckDB warehouse only so far")
+    if report_index.exists():
+        summary.report_url = report_links.page_url(resources["settings"].report_url, report_links.INDEX)
     alert_after_answers(resources, settings, summary, answers_pending, as_of, echo)
     if answers_pending and len(summary.failures) == failures_before:
         staging.write_marker(ANSWERS_PENDING, "no")

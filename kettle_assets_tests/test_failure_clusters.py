@@ -19,8 +19,11 @@ from kettle_assets.assets.failure_clusters import failure_clusters
 from kettle_assets.core.clustering import (
     ClusterOptions, Failure, Previous, cluster_failures, cluster_stream, failure_order, pairwise_agreement)
 from kettle_assets.core.triage_text import cluster_id, common_spans, ngram_counts, normalize, normalize_name
+from kettle_assets.resources.settings import KettleSettings
 from kettle_assets.resources.staging import StagingStore
 from kettle_assets.resources.warehouse import DuckDBWarehouse
+
+from .conftest import BUCKETS
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -221,7 +224,8 @@ def _home(tmp_path: Path, results: list[tuple], builds: list[tuple]) -> tuple[Du
 
 
 def _materialize(warehouse, staging, **config):
-    result = dg.materialize([failure_clusters], resources={"warehouse": warehouse, "staging": staging},
+    resources = {"warehouse": warehouse, "staging": staging, "settings": KettleSettings(buckets_file=str(BUCKETS))}
+    result = dg.materialize([failure_clusters], resources=resources,
                             run_config={"ops": {"failure_clusters": {"config": config}}})
     assert result.success
     return result.asset_materializations_for_node("failure_clusters")[0].metadata

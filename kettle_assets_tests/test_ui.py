@@ -21,7 +21,7 @@ pytestmark = pytest.mark.ui
 ASSETS = {"build_listing", "build_metadata", "junit_results", "build_rows", "build_all", "build_week", "build_day",
           "test_results", "failure_clusters"}  # the pipeline; the metric assets hang off test_results
 ANSWERS = {"metric_flakes", "metric_flakes_daily", "metric_build_stats", "metric_failures", "metric_job_health",
-           "metric_job_health_weekly", "metric_presubmit_health", "test_flakiness"}
+           "metric_job_health_weekly", "metric_presubmit_health", "test_flakiness", "ci_report"}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ SIGNAL = {
     "build_listing": "candidates", "build_metadata": "fetched", "junit_results": "tests",
     "build_rows": "dagster/row_count", "build_all": "dagster/row_count",
     "build_week": "dagster/row_count", "build_day": "dagster/row_count", "test_results": "dagster/row_count",
-    "metric_build_stats": "dagster/row_count", "metric_job_health": "dagster/row_count",
+    "metric_build_stats": "dagster/row_count", "metric_job_health": "dagster/row_count", "ci_report": "pages",
 }
 
 
@@ -173,7 +173,7 @@ def test_starting_the_ui_after_a_sync_redoes_nothing(dagster_dev):
     runs = graphql(dagster_dev, "{ runsOrError { ... on Runs { results { jobName } } } }")["runsOrError"]["results"]
     assert sorted(r["jobName"] for r in runs) == [
         "collect_bucket", "collect_bucket", "collect_bucket", "refresh_failure_clusters", "refresh_metrics",
-        "refresh_windows", "stage_and_publish_days",
+        "refresh_report", "refresh_windows", "stage_and_publish_days",
     ]
 
 

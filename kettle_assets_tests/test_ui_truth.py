@@ -91,7 +91,8 @@ def test_table_assets_carry_the_contract_schema_and_owners(synced):
 def test_the_sync_runs_are_named_jobs(synced):
     runs = synced.instance.get_runs()
     assert {r.job_name for r in runs} == {
-        "collect_bucket", "stage_and_publish_days", "refresh_windows", "refresh_metrics", "refresh_failure_clusters"
+        "collect_bucket", "stage_and_publish_days", "refresh_windows", "refresh_metrics", "refresh_failure_clusters",
+        "refresh_report",
     }
 
 

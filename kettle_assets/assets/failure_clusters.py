@@ -21,9 +21,12 @@ from ..core.clustering import ClusterOptions, cluster_stream
 from ..core.triage_output import BuildColumns, dumps, failure_data, key_hash, slices, summarize, test_key_rows
 from ..core.triage_text import cluster_id, ngram_counts
 from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window
+from ..core import report_links
+from ..resources.settings import KettleSettings
 from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
 from .common import WAREHOUSE_GROUP, md_table
+from .links import report_link
 
 OPTIONS_MARKER = "failure_clusters.options"
 PARALLEL_FROM = 20_000  # failures in the window from which normalising is worth worker processes
@@ -69,7 +72,8 @@ def _columns(rows: list[dict], names: list[str]) -> dict[str, list]:
     return {n: [r[n] for r in rows] for n in names}
 
 
-def run_failure_clusters(context, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse):
+def run_failure_clusters(context, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse,
+                         report: dg.MetadataValue | None = None):
     tables = ClusterTables(warehouse)
     options = ClusterOptions(rules=config.rules, max_distance_checks=config.max_distance_checks)
     if not tables.has_test_results():
@@ -140,6 +144,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
             "clustering_seconds": round(clustered_seconds, 2),
             **sizes,
             "tables": ", ".join(tables.describe(t) for t in (CLUSTERS, FAILURES, DAYS, TEST_KEYS)),
+            **({"report": report} if report is not None else {}),
             "top_clusters": dg.MetadataValue.md(md_table(
                 [{"id": c["id"], "failures": c["failures"], "flaky": c["flaky_failures"], "owner": c["owner"],
                   "key": c["key"]} for c in summary.clusters[:10]],
@@ -205,9 +210,10 @@ def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:
     ),
 )
 def failure_clusters(
-    context: dg.AssetExecutionContext, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse
+    context: dg.AssetExecutionContext, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse,
+    settings: KettleSettings,
 ) -> dg.MaterializeResult:
-    return run_failure_clusters(context, config, staging, warehouse)
+    return run_failure_clusters(context, config, staging, warehouse, report_link(settings, staging, report_links.CLUSTERS))
 
 
 # Evaluates failure_clusters' automation condition; running by default, as the other sensors are.

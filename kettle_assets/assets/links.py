@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import dagster as dg
 
+from ..core import report_links
 from ..core.config import BucketSet
 from ..core.schema import bigquery_schema
-from ..resources.settings import DEFAULT_ARTIFACT_URL
+from ..resources.settings import DEFAULT_ARTIFACT_URL, KettleSettings
+from ..resources.staging import StagingStore
 TABLE_ASSETS = ("build_rows", "build_all", "build_week", "build_day")
 _TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -20,6 +23,17 @@ def artifact_url(path: str, pattern: str = DEFAULT_ARTIFACT_URL) -> str | None:
         return None
     bucket, _, rest = path[len("gs://") :].partition("/")
     return pattern.format(bucket=bucket, path=rest.rstrip("/"))
+
+
+def report_folder(staging: StagingStore) -> Path:
+    """Where `ci_report` writes the CI report: $KETTLE_HOME/report."""
+    return Path(staging.home).resolve() / "report"
+
+
+def report_link(settings: KettleSettings, staging: StagingStore, page: str = report_links.INDEX) -> dg.MetadataValue:
+    """A page of the CI report as a clickable URL: under KETTLE_REPORT_URL, else the folder's file:// URL."""
+    root = settings.report_url or report_folder(staging).as_uri()
+    return dg.MetadataValue.url(report_links.page_url(root, page))
 
 
 def md_link(path: str, pattern: str = DEFAULT_ARTIFACT_URL) -> str:

@@ -13,10 +13,13 @@ from typing import Optional
 
 import dagster as dg
 
+from ..core import report_links
 from ..core.metrics import METRICS, Window, flakiness_sql, metric_sql, shape, to_json
+from ..resources.settings import KettleSettings
 from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
 from .common import md_table
+from .links import report_link
 from .test_results import METRICS_GROUP
 
 FLAKINESS_TABLE = "test_flakiness"
@@ -66,6 +69,14 @@ def _preview(rows: list[dict], limit: int = 10) -> str:
     return md_table(rows[:limit], list(rows[0].keys())) if rows else "_nothing_"
 
 
+# The page of the CI report (`ci_report`) that shows each metric.
+REPORT_PAGE = {
+    "flakes": report_links.FLAKES, "flakes-daily": report_links.FLAKES, "build-stats": report_links.INDEX,
+    "failures": report_links.JOBS, "job-health": report_links.JOBS, "job-health-weekly": report_links.JOBS,
+    "presubmit-health": report_links.JOBS,
+}
+
+
 def _metric_asset(name: str, deps: list) -> dg.AssetsDefinition:
     metric = METRICS[name]
 
@@ -80,7 +91,8 @@ def _metric_asset(name: str, deps: list) -> dg.AssetsDefinition:
         description=f"{metric.description} Table `{metric.table}`, export metrics/{name}-latest.json.",
     )
     def metric_asset(
-        context: dg.AssetExecutionContext, config: MetricWindowConfig, staging: StagingStore, warehouse: Warehouse
+        context: dg.AssetExecutionContext, config: MetricWindowConfig, staging: StagingStore, warehouse: Warehouse,
+        settings: KettleSettings,
     ) -> dg.MaterializeResult:
         window = window_of(config, metric.days)
         sql = metric_sql(name, window)
@@ -96,6 +108,7 @@ def _metric_asset(name: str, deps: list) -> dg.AssetsDefinition:
                 "export": latest,
                 "table": warehouse.describe(metric.table),
                 "top_rows": dg.MetadataValue.md(_preview(rows)),
+                "report": report_link(settings, staging, REPORT_PAGE[name]),
             }
         )
 
@@ -117,7 +130,8 @@ def _flakiness_asset(test_results: dg.AssetsDefinition) -> dg.AssetsDefinition:
         ),
     )
     def test_flakiness_asset(
-        context: dg.AssetExecutionContext, config: MetricWindowConfig, staging: StagingStore, warehouse: Warehouse
+        context: dg.AssetExecutionContext, config: MetricWindowConfig, staging: StagingStore, warehouse: Warehouse,
+        settings: KettleSettings,
     ) -> dg.MaterializeResult:
         window = window_of(config, 7)
         count = warehouse.replace_table(FLAKINESS_TABLE, flakiness_sql(window))
@@ -134,6 +148,7 @@ def _flakiness_asset(test_results: dg.AssetsDefinition) -> dg.AssetsDefinition:
                 "export": latest,
                 "table": warehouse.describe(FLAKINESS_TABLE),
                 "top_rows": dg.MetadataValue.md(_preview(top)),
+                "report": report_link(settings, staging, report_links.FLAKES),
             }
         )
 

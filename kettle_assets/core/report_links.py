@@ -49,3 +49,11 @@ def cluster_page(cluster_id: str) -> str:
 def page_url(root_url: str, page: str) -> str:
     """The address of a page under the report's root address."""
     return root_url.rstrip("/") + "/" + quote(page)
+
+
+def paged(page: str, number: int) -> str:
+    """Page `number` (from 1) of a paged list: the first is `page` itself, then `<stem>-p<n>.html`."""
+    if number <= 1:
+        return page
+    stem, _, ext = page.rpartition(".")
+    return f"{stem}-p{number}.{ext}"

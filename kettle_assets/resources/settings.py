@@ -32,6 +32,11 @@ class KettleSettings(dg.ConfigurableResource):
         description="Where a build's artifacts are browsed; {bucket} and {path} are filled from its gs:// path.",
     )
 
+    report_url: str = Field(
+        default="",
+        description="Public address of the CI report's folder (KETTLE_REPORT_URL); empty: the folder as a file:// URL.",
+    )
+
     @cached_property
     def buckets(self) -> BucketSet:
         return load_buckets(self.buckets_file)

@@ -76,6 +76,10 @@ class Warehouse(dg.ConfigurableResource):
         """`table` replaced by the rows of `sql` (DuckDB's dialect); returns its row count."""
         raise NotImplementedError
 
+    def query_all(self, queries: dict[str, str]) -> dict[str, list[dict]]:
+        """Rows of several queries by name (e.g. every set of rows the CI report is made from)."""
+        return {name: self.query(sql) for name, sql in queries.items()}
+
 
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 
@@ -222,6 +226,17 @@ class DuckDBWarehouse(Warehouse):
             cursor = conn.execute(sql)
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def query_all(self, queries: dict[str, str]) -> dict[str, list[dict]]:
+        """One connection for all: opening a large warehouse file costs more than a small query."""
+        self.ensure_tables()
+        out = {}
+        with self.duckdb.get_connection() as conn:
+            for name, sql in queries.items():
+                cursor = conn.execute(sql)
+                names = [d[0] for d in cursor.description]
+                out[name] = [dict(zip(names, row)) for row in cursor.fetchall()]
+        return out
 
     def replace_table(self, table: str, sql: str) -> int:
         with self.duckdb.get_connection() as conn:
