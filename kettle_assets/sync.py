@@ -173,6 +173,7 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
     if rebuild_warehouse:  # every staged day published again, e.g. into a new, empty warehouse
         staged = resources["staging"].row_days()
         echo(f"[rebuild] re-publishing {len(staged)} staged days into the warehouse")
+        resources["staging"].forget_published()
         pending |= set(staged)
     valid = set()
     for day in sorted(pending):

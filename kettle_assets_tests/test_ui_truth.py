@@ -157,8 +157,7 @@ def test_refetch_rereads_a_junit_file_changed_after_finished_json(own_kettle):
 def test_streamed_problems_are_counted_in_metadata(own_kettle):
     own_kettle.sync()
     defs = build_definitions(own_kettle.settings)
-    day = SAMPLE_DAY
-    good = own_kettle.query(f"SELECT path FROM \"all\" WHERE CAST(finished AS DATE) = '{day}' LIMIT 1")[0][0]
+    good = own_kettle.query(f"SELECT path FROM \"all\" WHERE CAST(finished AS DATE) = '{SAMPLE_DAY}' AND path LIKE 'gs://kubernetes-jenkins/logs/%' LIMIT 1")[0][0]
     broken = own_kettle.tree / "kubernetes-jenkins/logs/ci-kubernetes-unit/77"
     broken.mkdir(parents=True)
     (broken / "started.json").write_text("{not json")
@@ -170,15 +169,14 @@ def test_streamed_problems_are_counted_in_metadata(own_kettle):
     named = [good, str(broken).replace(str(own_kettle.tree), "gs:/"), str(truncated).replace(str(own_kettle.tree), "gs:/"),
              "gs://not-watched/logs/job/1"]
     result = defs.resolve_job_def("stream_builds").execute_in_process(
-        instance=own_kettle.instance, partition_key=day, run_config=stream_run_config(named)
+        instance=own_kettle.instance, partition_key="kubernetes-jenkins/logs", run_config=stream_run_config(named)
     )
     assert result.success
-    junit = result.asset_materializations_for_node("junit_results")[-1].metadata
-    # the broken started.json, the truncated finished.json (not JSON, so no timestamp either),
-    # the path outside buckets.yaml
-    assert junit["collect_problems"].value == 4
-    week = result.asset_materializations_for_node("build_week")[-1].metadata
-    assert week["dagster/row_count"].value == own_kettle.query('SELECT count(*) FROM "week"')[0][0]  # the table's
+    metadata = result.asset_materializations_for_node("build_metadata")[-1].metadata
+    # the broken started.json, the truncated finished.json (not JSON, so no timestamp either)
+    assert metadata["problems"].value == 3
+    assert metadata["named_builds"].value == 4 and metadata["named_not_in_bucket"].value == 1
+    assert metadata["unchanged"].value == 1 and metadata["new_finished"].value == 2
 
 
 def test_a_day_without_staged_rows_reports_zero_not_the_table(own_kettle):

@@ -21,7 +21,6 @@ DAY_SECONDS = 86400
 
 class WindowConfig(dg.Config):
     as_of: Optional[float] = None  # epoch seconds the window ends at; default: now
-    builds: list[str] = []  # streaming runs: upsert just these builds, leave the rest (and the export) as is
 
 
 def window_days(since_epoch: int, until_epoch: int) -> list[str]:
@@ -40,8 +39,6 @@ def refresh_window(
 ) -> dg.MaterializeResult:
     now = int(config.as_of if config.as_of is not None else time.time())
     since = now - days * DAY_SECONDS
-    if config.builds:
-        return _upsert_window(context, table, since, config.builds, staging, warehouse)
     staged = set(staging.row_days())
     days_in = [d for d in window_days(since, now) if d in staged]
     files = [staging.rows_file(d) for d in days_in]
@@ -73,17 +70,6 @@ def refresh_window(
             "table": warehouse.describe(table),
         }
     )
-
-
-def _upsert_window(context, table, since, builds, staging, warehouse) -> dg.MaterializeResult:
-    """Streaming: the named builds' rows in or out of the window; the hourly refresh redoes the rest."""
-    first_day = datetime.fromtimestamp(since, tz=timezone.utc).date().isoformat()
-    files = [staging.rows_file(d) for d in staging.row_days() if d >= first_day]
-    upserted = warehouse.upsert_paths(table, files, builds, since)
-    context.log.info(f"build_{table}: {upserted} of {len(builds)} streamed builds are in the window")
-    return dg.MaterializeResult(metadata={"streamed_builds": len(builds), "upserted": upserted,
-                                          "dagster/row_count": warehouse.count(table),
-                                          "table": warehouse.describe(table)})
 
 
 WINDOWS = {"week": (7, "the 7 days"), "day": (1, "the day")}

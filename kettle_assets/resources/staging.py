@@ -99,6 +99,7 @@ ROW_SCHEMA = pa.schema(
         ("_finished_hash", pa.string()),
     ]
 )
+PUBLISHED_SCHEMA = pa.schema([("path", pa.string()), ("digest", pa.string())])
 CONTRACT_COLUMNS = [f.name for f in ROW_SCHEMA if not f.name.startswith("_")]
 
 
@@ -250,6 +251,38 @@ class StagingStore(dg.ConfigurableResource):
         except (OSError, ValueError):
             return 0.0
 
+    # --- what was last published of each day -------------------------------
+    # build_all upserts only the builds whose rows changed since it last published a day to a
+    # warehouse; these digests (path -> hash of the row's line) are what it compares against.
+    def row_digests(self, day: str) -> dict[str, str]:
+        digests = {}
+        path = self.rows_file(day)
+        if not path.exists():
+            return digests
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["path", "_json"]):
+            for p, line in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                digests[p] = hashlib.blake2b(line.encode(), digest_size=16).hexdigest()
+        return digests
+
+    def _published_file(self, day: str, target: str) -> Path:
+        return self.root / "published" / hashlib.sha1(target.encode()).hexdigest()[:16] / f"{day}.parquet"
+
+    def read_published(self, day: str, target: str) -> dict[str, str] | None:
+        """The digests last published of `day` to `target` (a warehouse table), None if never."""
+        path = self._published_file(day, target)
+        if not path.exists():
+            return None
+        t = pq.read_table(path)
+        return dict(zip(t.column("path").to_pylist(), t.column("digest").to_pylist()))
+
+    def write_published(self, day: str, target: str, digests: dict[str, str]) -> None:
+        table = pa.table({"path": list(digests), "digest": list(digests.values())}, schema=PUBLISHED_SCHEMA)
+        self._write(table, self._published_file(day, target))
+
+    def forget_published(self) -> None:
+        """The warehouse is being rebuilt: every day must be replaced whole again."""
+        shutil.rmtree(self.root / "published", ignore_errors=True)
+
     # --- exports ---------------------------------------------------------------
     def row_batches(self, day: str, since_epoch: int | None = None) -> Iterator[pa.RecordBatch]:
         """A day's staged rows (`finished`, `_json`) in small batches, optionally only those
@@ -351,6 +384,9 @@ class StagingStore(dg.ConfigurableResource):
                 if stem < day and stem not in keep:
                     f.unlink()
                     dropped.append(f"{kind}/{f.name}")
+        for f in sorted((self.root / "published").glob("*/*.parquet")):
+            if f.stem < day and f.stem not in keep:
+                f.unlink()
         meta = self.root / "metadata"
         for d in sorted(meta.iterdir()) if meta.exists() else []:
             if d.name < day and d.name not in keep:
