@@ -20,7 +20,8 @@ from ..core.publish import builds_to_upsert
 from ..core.rows import RowProblems, build_row, row_json, trim_row
 from ..resources.artifacts import ArtifactStore
 from ..resources.settings import KettleSettings
-from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore
+from ..core.schema import ROW_SCHEMA
+from ..resources.staging import JUNIT_SCHEMA, StagingStore
 from ..resources.warehouse import Warehouse
 from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, fetch_unordered, md_table, report_refused
 from .links import md_link
@@ -286,7 +287,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         description=(
             "Warehouse table `all`: each day partition made equal to that day's staged rows (the few "
             "changed builds upserted, or the day replaced), plus the day's Kettle-format export "
-            "`export/all/DAY.json.gz`."
+            "`export/all/YYYY-MM-DD.json.gz`."
         ),
     )
     def build_all(
@@ -315,7 +316,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 export, count, size = staging.write_export(
                     relpath, itertools.chain(old_lines, staging.row_batches(day))
                 )
-                n = warehouse.upsert_paths("all", [rows_file], staged)
+                n = warehouse.upsert_builds(rows_file, staged)
                 staging.clear_dirty(day, staging.junit_read_at(day))
                 context.log.info(f"build_all {day}: staging was pruned; {n} late rows added, the rest kept")
             else:
@@ -325,7 +326,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 if changed is None:
                     n = warehouse.replace_day(day, rows_file)
                 else:
-                    n = warehouse.upsert_paths("all", [rows_file], changed) if changed else 0
+                    n = warehouse.upsert_builds(rows_file, changed) if changed else 0
                     upserted_days += 1
                 staging.write_published(day, target, staged)
                 staging.clear_dirty(day, staging.junit_read_at(day))

@@ -56,7 +56,7 @@ def refresh_window(
         )
     batches = (b for f in files for b in staging.row_batches(f.stem, since))
     export, exported, size = staging.write_export(f"build_{table}.json.gz", batches)
-    count = warehouse.replace_window(table, files, since, export)
+    count = warehouse.replace_window(table, files, since)
     staging.write_marker(marker, fingerprint)
     context.log.info(f"build_{table}: {count} builds finished since {since_text}; export {export} ({exported} rows)")
     return dg.MaterializeResult(
