@@ -93,97 +93,107 @@ def range_tags(start: str, end: str) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
 
 
-def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
-    @dg.schedule(
-        name="reconcile_buckets",
-        cron_schedule="*/30 * * * *",
-        job=collect_bucket_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Re-list every bucket, so a lost notification costs latency, never data.",
-    )
-    def reconcile_buckets(context: dg.ScheduleEvaluationContext):
-        stamp = context.scheduled_execution_time.isoformat()
-        return [
-            dg.RunRequest(run_key=f"{key}@{stamp}", partition_key=key, tags={BUCKET_TAG: key}) for key in bucket_keys
-        ]
+@dg.schedule(
+    name="reconcile_buckets",
+    cron_schedule="*/30 * * * *",
+    job=collect_bucket_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Re-list every bucket, so a lost notification costs latency, never data.",
+)
+def reconcile_buckets(context: dg.ScheduleEvaluationContext, settings: KettleSettings):
+    stamp = context.scheduled_execution_time.isoformat()
+    return [
+        dg.RunRequest(run_key=f"{key}@{stamp}", partition_key=key, tags={BUCKET_TAG: key})
+        for key in settings.buckets.keys
+    ]
 
-    refresh_windows_hourly = dg.ScheduleDefinition(
-        name="refresh_windows_hourly",
-        cron_schedule="5 * * * *",
-        job=refresh_windows_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Slide `week` and `day` forward even when nothing new arrived.",
-    )
+refresh_windows_hourly = dg.ScheduleDefinition(
+    name="refresh_windows_hourly",
+    cron_schedule="5 * * * *",
+    job=refresh_windows_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Slide `week` and `day` forward even when nothing new arrived.",
+)
 
-    @dg.schedule(
-        name="close_yesterday",
-        cron_schedule="30 0 * * *",
-        execution_timezone="UTC",
-        job=stage_and_publish_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Redo yesterday's day partition once every build of it has finished.",
-    )
-    def close_yesterday(context: dg.ScheduleEvaluationContext):
-        day = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
-        return dg.RunRequest(run_key=f"close-{day}", partition_key=day)
+@dg.schedule(
+    name="close_yesterday",
+    cron_schedule="30 0 * * *",
+    execution_timezone="UTC",
+    job=stage_and_publish_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Redo yesterday's day partition once every build of it has finished.",
+)
+def close_yesterday(context: dg.ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
+    return dg.RunRequest(run_key=f"close-{day}", partition_key=day)
 
-    @dg.sensor(
-        name="stream_finished_builds",
-        job=stream_job,
-        minimum_interval_seconds=15,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Pub/Sub (or folder) notifications of finished.json -> build_metadata runs naming the new builds.",
-    )
-    def stream_finished_builds(
-        context: dg.SensorEvaluationContext, notifications: NotificationSource,
-        artifacts: ArtifactStore, settings: KettleSettings,
-    ):
-        cursor = json.loads(context.cursor) if context.cursor else {}
-        # The run requests of the last tick were recorded with the cursor that holds these ids:
-        # only now is it safe to acknowledge them. A tick that died before that never got here.
-        notifications.ack(cursor.get("ack", []))
-        messages = notifications.pull()
-        irrelevant, retry, keep = [], [], []
-        unreadable: dict[str, list[str]] = defaultdict(list)  # bucket key -> builds whose finished.json failed
-        by_bucket: dict[str, set[str]] = defaultdict(set)
-        now = time.time()
-        for note in messages:
-            build, why = finished_build(note, settings.buckets)
-            if build is None:
-                irrelevant.append(note.ack_id)
-                continue
-            day = finished_day(artifacts, build.path, now)
-            if day is None:
-                context.log.warning(f"{build.path}/finished.json cannot be read; it will come back")
-                retry.append(note.ack_id)
-                unreadable[build.bucket_key].append(build.path)
-                continue
-            by_bucket[build.bucket_key].add(build.path)
-            keep.append(note.ack_id)
-        notifications.ack(irrelevant)
-        notifications.nack(retry)
-        requests = []
-        for bucket_key, paths in sorted(by_bucket.items()):
-            key = hashlib.sha1("\n".join(sorted(paths)).encode() + str(now).encode()).hexdigest()[:16]
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"stream-{bucket_key}-{key}", partition_key=bucket_key,
-                    run_config=stream_run_config(list(paths)), tags={**STREAM_PRIORITY, BUCKET_TAG: bucket_key},
-                )
+@dg.sensor(
+    name="stream_finished_builds",
+    job=stream_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Pub/Sub (or folder) notifications of finished.json -> build_metadata runs naming the new builds.",
+)
+def stream_finished_builds(
+    context: dg.SensorEvaluationContext, notifications: NotificationSource,
+    artifacts: ArtifactStore, settings: KettleSettings,
+):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    # The run requests of the last tick were recorded with the cursor that holds these ids:
+    # only now is it safe to acknowledge them. A tick that died before that never got here.
+    notifications.ack(cursor.get("ack", []))
+    messages = notifications.pull()
+    irrelevant, retry, keep = [], [], []
+    unreadable: dict[str, list[str]] = defaultdict(list)  # bucket key -> builds whose finished.json failed
+    by_bucket: dict[str, set[str]] = defaultdict(set)
+    now = time.time()
+    for note in messages:
+        build, why = finished_build(note, settings.buckets)
+        if build is None:
+            irrelevant.append(note.ack_id)
+            continue
+        day = finished_day(artifacts, build.path, now)
+        if day is None:
+            context.log.warning(f"{build.path}/finished.json cannot be read; it will come back")
+            retry.append(note.ack_id)
+            unreadable[build.bucket_key].append(build.path)
+            continue
+        by_bucket[build.bucket_key].add(build.path)
+        keep.append(note.ack_id)
+    notifications.ack(irrelevant)
+    notifications.nack(retry)
+    requests = []
+    for bucket_key, paths in sorted(by_bucket.items()):
+        key = hashlib.sha1("\n".join(sorted(paths)).encode() + str(now).encode()).hexdigest()[:16]
+        requests.append(
+            dg.RunRequest(
+                run_key=f"stream-{bucket_key}-{key}", partition_key=bucket_key,
+                run_config=stream_run_config(list(paths)), tags={**STREAM_PRIORITY, BUCKET_TAG: bucket_key},
             )
-        context.log.info(
-            f"{len(messages)} notifications: {len(keep)} finished builds in {len(requests)} runs, "
-            f"{len(irrelevant)} irrelevant, {len(retry)} to retry"
         )
-        # Counted where the UI shows it: an observation of the bucket's build_metadata partition.
-        problems = [
-            dg.AssetObservation(
-                asset_key="build_metadata", partition=key,
-                metadata={"stream_unreadable_finished_json": len(paths), "builds": dg.MetadataValue.json(sorted(paths)[:50])},
-            )
-            for key, paths in sorted(unreadable.items())
-        ]
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"ack": keep}), asset_events=problems)
+    context.log.info(
+        f"{len(messages)} notifications: {len(keep)} finished builds in {len(requests)} runs, "
+        f"{len(irrelevant)} irrelevant, {len(retry)} to retry"
+    )
+    # Counted where the UI shows it: an observation of the bucket's build_metadata partition.
+    problems = [
+        dg.AssetObservation(
+            asset_key="build_metadata", partition=key,
+            metadata={"stream_unreadable_finished_json": len(paths), "builds": dg.MetadataValue.json(sorted(paths)[:50])},
+        )
+        for key, paths in sorted(unreadable.items())
+    ]
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"ack": keep}), asset_events=problems)
+
+refresh_metrics = dg.AutomationConditionSensorDefinition(
+    "refresh_metrics_on_new_rows",
+    target=METRICS_SELECTION | dg.AssetSelection.assets("test_results"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Recompute test_results and the metrics after new rows are published.",
+)
+
+def publish_sensor(days: dg.PartitionsDefinition) -> dg.SensorDefinition:
+    """The publish sensor over the code location's day partitions (which depend on settings)."""
 
     @dg.sensor(
         name="publish_affected_days",
@@ -195,15 +205,8 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
     def publish_affected_days(context: dg.SensorEvaluationContext, staging: StagingStore):
         return affected_days_requests(context, staging, days)
 
-    refresh_metrics = dg.AutomationConditionSensorDefinition(
-        "refresh_metrics_on_new_rows",
-        target=METRICS_SELECTION | dg.AssetSelection.assets("test_results"),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Recompute test_results and the metrics after new rows are published.",
-    )
-    return [reconcile_buckets, refresh_windows_hourly, close_yesterday], [
-        stream_finished_builds, publish_affected_days, refresh_metrics,
-    ]
+
+    return publish_affected_days
 
 
 def affected_days_requests(
@@ -250,3 +253,7 @@ def affected_days_requests(
     ]
     requests.append(dg.RunRequest(run_key=f"windows-{tag}", job_name=refresh_windows_job.name, tags=PUBLISH_PRIORITY))
     return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+SCHEDULES = [reconcile_buckets, refresh_windows_hourly, close_yesterday]
+SENSORS = [stream_finished_builds, refresh_metrics]  # and publish_sensor(days) of the code location

@@ -252,7 +252,10 @@ def test_local_folder_streaming_through_the_sensors(own_kettle):
     result = tick("stream_finished_builds", first.cursor)
     [request] = result.run_requests
     assert request.partition_key == "kubernetes-jenkins/logs"
-    metadata = run(request).asset_materializations_for_node("build_metadata")[0].metadata
+    streamed = run(request)
+    # the lineage is what happened: the streamed build went through build_metadata, and only it
+    assert {e.asset_key.to_user_string() for e in streamed.get_asset_materialization_events()} == {"build_metadata"}
+    metadata = streamed.asset_materializations_for_node("build_metadata")[0].metadata
     assert metadata["new_finished"].value == 1 and metadata["fetched"].value == 1  # no listing, no other build
 
     publish = tick("publish_affected_days", publish_cursor)
