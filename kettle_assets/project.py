@@ -24,9 +24,9 @@ from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
 from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.failure_clusters import failure_clusters, failure_clusters_automation
-from .assets.metrics import make_metric_assets
+from .assets.metrics import METRIC_ASSETS
 from .assets.test_results import make_test_results_asset
-from .assets.windows import make_window_assets
+from .assets.windows import build_day, build_week
 from .core.config import load_buckets
 from .resources.artifacts import LocalArtifactStore
 from .resources.gcs import GCSArtifactStore
@@ -230,12 +230,11 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
     days = day_partitions(first_partition_day(settings))
     junit_results, build_rows, build_all = make_daily_assets(days, build_metadata)
-    build_week, build_day = make_window_assets(build_rows)
     test_results = make_test_results_asset(days, build_all)
     assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
     return [
         *(with_owners_and_schema(a, bucket_owners(buckets)) for a in assets),
-        test_results, *make_metric_assets(build_all, test_results), failure_clusters,
+        test_results, *METRIC_ASSETS, failure_clusters,
     ]
 
 

@@ -75,13 +75,13 @@ def refresh_window(
 WINDOWS = {"week": (7, "the 7 days"), "day": (1, "the day")}
 
 
-def _window_asset(build_rows: dg.AssetsDefinition, table: str) -> dg.AssetsDefinition:
+def _window_asset(table: str) -> dg.AssetsDefinition:
     days, span = WINDOWS[table]
 
     @dg.asset(
         name=f"build_{table}",
         group_name=WAREHOUSE_GROUP,
-        deps=[build_rows],
+        deps=["build_rows"],
         kinds={"duckdb", "bigquery"},
         pool="warehouse",
         code_version="1",
@@ -99,5 +99,5 @@ def _window_asset(build_rows: dg.AssetsDefinition, table: str) -> dg.AssetsDefin
     return window
 
 
-def make_window_assets(build_rows: dg.AssetsDefinition):
-    return _window_asset(build_rows, "week"), _window_asset(build_rows, "day")
+build_week = _window_asset("week")
+build_day = _window_asset("day")
