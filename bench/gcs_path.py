@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 from gcs_server import GCSServer  # noqa: E402
 from run import NOW, run_sync  # noqa: E402

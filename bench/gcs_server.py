@@ -16,7 +16,6 @@ import argparse
 import bisect
 import json
 import os
-import random
 import re
 import socket
 import struct
@@ -27,6 +26,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from kettle_assets_tests.support.fault_proxy import Faults
 
 PAGE_LIMIT = 1000
 
@@ -80,7 +81,11 @@ class GCSServer:
         self.latency = latency
         self.fault_rate = fault_rate
         self.stall_seconds = stall_seconds
-        self.rng = random.Random(seed)
+        # 40% 503, 30% 429, 20% reset, 10% stall
+        self.fault_dice = Faults(
+            [(name, share * fault_rate) for name, share in (("503", 0.4), ("429", 0.3), ("reset", 0.2), ("stall", 0.1))],
+            seed,
+        )
         self.lock = threading.Lock()
         self.requests: Counter = Counter()
         self.faults: Counter = Counter()
@@ -107,14 +112,6 @@ class GCSServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-    def _fault(self) -> str | None:
-        with self.lock:
-            roll = self.rng.random()
-        if roll >= self.fault_rate:
-            return None
-        share = roll / self.fault_rate  # 40% 503, 30% 429, 20% reset, 10% stall
-        return "503" if share < 0.4 else "429" if share < 0.7 else "reset" if share < 0.9 else "stall"
 
     def listing(self, bucket: str, q: dict) -> dict:
         names = self.names[bucket]
@@ -184,7 +181,7 @@ class GCSServer:
             def _serve(self, m, kind: str, q: dict) -> None:
                 if server.latency:
                     time.sleep(server.latency)
-                fault = server._fault()
+                fault = server.fault_dice.choose()
                 if fault:
                     with server.lock:
                         server.faults[fault] += 1

@@ -20,7 +20,6 @@ import gc
 import io
 import math
 import platform
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,8 +27,6 @@ import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
 import junit_corpus  # noqa: E402
 import junit_reference  # noqa: E402

@@ -19,8 +19,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
 
 from run import NOW, run_sync  # noqa: E402
 from tree import BUCKETS_YAML, add_new_builds, junit_pool, write_tree  # noqa: E402

@@ -23,8 +23,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
 
 from tree import BUCKETS_YAML, add_new_builds, junit_pool, write_tree  # noqa: E402
 
@@ -105,7 +103,6 @@ def junit_to_rows_ratio(pool: Path) -> dict:
 
 
 def gcs_cold_sync(tree: Path, out: Path, buckets: Path) -> dict:
-    sys.path.insert(0, str(REPO))
     from kettle_assets_tests.support.servers import gcs_emulator, upload_tree
 
     home = out / "home-gcs"

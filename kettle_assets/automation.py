@@ -1,7 +1,8 @@
 """Jobs, schedules and sensors: the cycle `kettle sync` runs by hand, run by Dagster's daemon.
 
 - `stream_finished_builds` (sensor): GCS notifications of new finished.json (Pub/Sub, or the
-  local folder watcher) become one run per day naming its new builds (Kettle's stream.py).
+  local folder watcher) become one `build_metadata` run per bucket naming its new builds
+  (Kettle's stream.py); `publish_affected_days` then publishes their days like any others.
 - `reconcile_buckets` (schedule): re-list and collect every bucket, so a lost notification
   costs latency, never data.
 - `publish_affected_days` (sensor): after any bucket's `build_metadata` materializes, stage
@@ -50,8 +51,8 @@ refresh_windows_job = dg.define_asset_job(
 )
 stream_job = dg.define_asset_job(
     "stream_builds",
-    selection=DAILY_SELECTION | WINDOW_SELECTION,
-    description="Collect, stage and publish the builds named in run config (one day partition per run).",
+    selection=dg.AssetSelection.assets("build_metadata"),
+    description="Fetch the metadata of the builds named in run config (one bucket partition per run).",
 )
 refresh_metrics_job = dg.define_asset_job(
     "refresh_metrics", selection=METRICS_SELECTION,
@@ -70,15 +71,17 @@ JOBS = [
     collect_bucket_job, stage_and_publish_job, refresh_windows_job, stream_job, refresh_metrics_job,
     refresh_failure_clusters_job, refresh_report_job,
 ]
-STREAM_OPS = ("junit_results", "build_rows", "build_all", "build_week", "build_day")
 UNPUBLISHED_GRACE_SECONDS = 600  # a dirty day older than this, with no run fixing it, is requested again
 # Run priorities (the run queue takes higher first): a streamed build never waits behind a backfill.
 STREAM_PRIORITY = {"dagster/priority": "10"}
 PUBLISH_PRIORITY = {"dagster/priority": "5"}
+# Runs collecting one bucket carry its key: dagster.yaml lets one such run at a time per bucket
+# (they rewrite the bucket's known index), while different buckets run side by side.
+BUCKET_TAG = "kettle/bucket"
 
 
 def stream_run_config(paths: list[str]) -> dict:
-    return {"ops": {op: {"config": {"builds": sorted(paths)}} for op in STREAM_OPS}}
+    return {"ops": {"build_metadata": {"config": {"builds": sorted(paths)}}}}
 
 
 def contiguous_ranges(days: list[str]) -> list[tuple[str, str]]:
@@ -96,99 +99,107 @@ def range_tags(start: str, end: str) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
 
 
-def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
-    @dg.schedule(
-        name="reconcile_buckets",
-        cron_schedule="*/30 * * * *",
-        job=collect_bucket_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Re-list every bucket, so a lost notification costs latency, never data.",
-    )
-    def reconcile_buckets(context: dg.ScheduleEvaluationContext):
-        stamp = context.scheduled_execution_time.isoformat()
-        return [dg.RunRequest(run_key=f"{key}@{stamp}", partition_key=key) for key in bucket_keys]
+@dg.schedule(
+    name="reconcile_buckets",
+    cron_schedule="*/30 * * * *",
+    job=collect_bucket_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Re-list every bucket, so a lost notification costs latency, never data.",
+)
+def reconcile_buckets(context: dg.ScheduleEvaluationContext, settings: KettleSettings):
+    stamp = context.scheduled_execution_time.isoformat()
+    return [
+        dg.RunRequest(run_key=f"{key}@{stamp}", partition_key=key, tags={BUCKET_TAG: key})
+        for key in settings.buckets.keys
+    ]
 
-    refresh_windows_hourly = dg.ScheduleDefinition(
-        name="refresh_windows_hourly",
-        cron_schedule="5 * * * *",
-        job=refresh_windows_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Slide `week` and `day` forward even when nothing new arrived.",
-    )
+refresh_windows_hourly = dg.ScheduleDefinition(
+    name="refresh_windows_hourly",
+    cron_schedule="5 * * * *",
+    job=refresh_windows_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Slide `week` and `day` forward even when nothing new arrived.",
+)
 
-    @dg.schedule(
-        name="close_yesterday",
-        cron_schedule="30 0 * * *",
-        execution_timezone="UTC",
-        job=stage_and_publish_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Redo yesterday's day partition once every build of it has finished.",
-    )
-    def close_yesterday(context: dg.ScheduleEvaluationContext):
-        day = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
-        return dg.RunRequest(run_key=f"close-{day}", partition_key=day)
+@dg.schedule(
+    name="close_yesterday",
+    cron_schedule="30 0 * * *",
+    execution_timezone="UTC",
+    job=stage_and_publish_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Redo yesterday's day partition once every build of it has finished.",
+)
+def close_yesterday(context: dg.ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
+    return dg.RunRequest(run_key=f"close-{day}", partition_key=day)
 
-    @dg.sensor(
-        name="stream_finished_builds",
-        job=stream_job,
-        minimum_interval_seconds=15,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Pub/Sub (or folder) notifications of finished.json -> runs naming the new builds.",
-    )
-    def stream_finished_builds(
-        context: dg.SensorEvaluationContext, notifications: NotificationSource,
-        artifacts: ArtifactStore, settings: KettleSettings,
-    ):
-        cursor = json.loads(context.cursor) if context.cursor else {}
-        # The run requests of the last tick were recorded with the cursor that holds these ids:
-        # only now is it safe to acknowledge them. A tick that died before that never got here.
-        notifications.ack(cursor.get("ack", []))
-        messages = notifications.pull()
-        irrelevant, retry, keep = [], [], []
-        unreadable: dict[str, list[str]] = defaultdict(list)  # bucket key -> builds whose finished.json failed
-        by_day: dict[str, set[str]] = defaultdict(set)
-        now = time.time()
-        for note in messages:
-            build, why = finished_build(note, settings.buckets)
-            if build is None:
-                irrelevant.append(note.ack_id)
-                continue
-            day = finished_day(artifacts, build.path, now)
-            if day is None:
-                context.log.warning(f"{build.path}/finished.json cannot be read; it will come back")
-                retry.append(note.ack_id)
-                unreadable[build.bucket_key].append(build.path)
-                continue
-            if not days.has_partition_key(day):
-                context.log.warning(f"{build.path} finished on {day}, outside the day partitions; not streamed")
-                irrelevant.append(note.ack_id)
-                continue
-            by_day[day].add(build.path)
-            keep.append(note.ack_id)
-        notifications.ack(irrelevant)
-        notifications.nack(retry)
-        requests = []
-        for day, paths in sorted(by_day.items()):
-            key = hashlib.sha1("\n".join(sorted(paths)).encode() + str(now).encode()).hexdigest()[:16]
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"stream-{day}-{key}", partition_key=day, run_config=stream_run_config(list(paths)),
-                    tags=STREAM_PRIORITY,
-                )
+@dg.sensor(
+    name="stream_finished_builds",
+    job=stream_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Pub/Sub (or folder) notifications of finished.json -> build_metadata runs naming the new builds.",
+)
+def stream_finished_builds(
+    context: dg.SensorEvaluationContext, notifications: NotificationSource,
+    artifacts: ArtifactStore, settings: KettleSettings,
+):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    # The run requests of the last tick were recorded with the cursor that holds these ids:
+    # only now is it safe to acknowledge them. A tick that died before that never got here.
+    notifications.ack(cursor.get("ack", []))
+    messages = notifications.pull()
+    irrelevant, retry, keep = [], [], []
+    unreadable: dict[str, list[str]] = defaultdict(list)  # bucket key -> builds whose finished.json failed
+    by_bucket: dict[str, set[str]] = defaultdict(set)
+    now = time.time()
+    for note in messages:
+        build, why = finished_build(note, settings.buckets)
+        if build is None:
+            irrelevant.append(note.ack_id)
+            continue
+        day = finished_day(artifacts, build.path, now)
+        if day is None:
+            context.log.warning(f"{build.path}/finished.json cannot be read; it will come back")
+            retry.append(note.ack_id)
+            unreadable[build.bucket_key].append(build.path)
+            continue
+        by_bucket[build.bucket_key].add(build.path)
+        keep.append(note.ack_id)
+    notifications.ack(irrelevant)
+    notifications.nack(retry)
+    requests = []
+    for bucket_key, paths in sorted(by_bucket.items()):
+        key = hashlib.sha1("\n".join(sorted(paths)).encode() + str(now).encode()).hexdigest()[:16]
+        requests.append(
+            dg.RunRequest(
+                run_key=f"stream-{bucket_key}-{key}", partition_key=bucket_key,
+                run_config=stream_run_config(list(paths)), tags={**STREAM_PRIORITY, BUCKET_TAG: bucket_key},
             )
-        context.log.info(
-            f"{len(messages)} notifications: {len(keep)} finished builds in {len(requests)} runs, "
-            f"{len(irrelevant)} irrelevant, {len(retry)} to retry"
         )
-        # Counted where the UI shows it: an observation of the bucket's build_metadata partition.
-        problems = [
-            dg.AssetObservation(
-                asset_key="build_metadata", partition=key,
-                metadata={"stream_unreadable_finished_json": len(paths), "builds": dg.MetadataValue.json(sorted(paths)[:50])},
-            )
-            for key, paths in sorted(unreadable.items())
-        ]
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"ack": keep}), asset_events=problems)
+    context.log.info(
+        f"{len(messages)} notifications: {len(keep)} finished builds in {len(requests)} runs, "
+        f"{len(irrelevant)} irrelevant, {len(retry)} to retry"
+    )
+    # Counted where the UI shows it: an observation of the bucket's build_metadata partition.
+    problems = [
+        dg.AssetObservation(
+            asset_key="build_metadata", partition=key,
+            metadata={"stream_unreadable_finished_json": len(paths), "builds": dg.MetadataValue.json(sorted(paths)[:50])},
+        )
+        for key, paths in sorted(unreadable.items())
+    ]
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"ack": keep}), asset_events=problems)
+
+refresh_metrics = dg.AutomationConditionSensorDefinition(
+    "refresh_metrics_on_new_rows",
+    target=METRICS_SELECTION | dg.AssetSelection.assets("test_results") | REPORT_SELECTION,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Recompute test_results and the metrics after new rows are published, then the CI report.",
+)
+
+def publish_sensor(days: dg.PartitionsDefinition) -> dg.SensorDefinition:
+    """The publish sensor over the code location's day partitions (which depend on settings)."""
 
     @dg.sensor(
         name="publish_affected_days",
@@ -198,57 +209,56 @@ def make_automation(bucket_keys: list[str], days: dg.DailyPartitionsDefinition):
         description="Stage and publish the days each build_metadata materialization touched, then refresh the windows.",
     )
     def publish_affected_days(context: dg.SensorEvaluationContext, staging: StagingStore):
-        if not context.cursor:
-            # A first tick starts after what already happened (e.g. `kettle sync`, which published
-            # its own days): replaying every past materialization would redo the whole sync.
-            latest = context.instance.fetch_materializations(
-                dg.AssetKey("build_metadata"), limit=1, ascending=False
-            ).records
-            if latest:
-                return dg.SensorResult(
-                    skip_reason="starting after the latest build_metadata materialization",
-                    cursor=str(latest[0].storage_id),
-                )
-        after = int(context.cursor) if context.cursor else None
-        result = context.instance.fetch_materializations(
+        return affected_days_requests(context, staging, days)
+
+    return publish_affected_days
+
+
+def affected_days_requests(
+    context: dg.SensorEvaluationContext, staging: StagingStore, days: dg.PartitionsDefinition
+) -> dg.SensorResult:
+    """The publish sensor's tick: run requests for the days to stage and publish, and the cursor."""
+    dirty = staging.dirty_days()
+    now = time.time()
+    if context.cursor:
+        after = int(context.cursor)
+        records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("build_metadata"), after_storage_id=after),
             limit=200,
             ascending=True,
+        ).records
+        last = records[-1].storage_id if records else after
+    else:
+        # A first tick starts after the latest collection rather than replaying the history.
+        records = context.instance.fetch_materializations(
+            dg.AssetKey("build_metadata"), limit=1, ascending=False
+        ).records
+        last = records[0].storage_id if records else 0
+    # After a new collection (or on a first tick), every day with unpublished changes: the days
+    # it touched, and any a collection left unpublished, e.g. one killed after staging its builds
+    # and before its materialization, whose retry then finds nothing new. A touched day that is
+    # clean again was published whole since (e.g. by `kettle sync`) and is not asked for.
+    touched = set(dirty) if records or not context.cursor else set()
+    # Days whose changes were never published (a failed or killed run): ask again, hourly.
+    hour = int(now // 3600)
+    stale = [d for d, marked in dirty.items() if now - marked > UNPUBLISHED_GRACE_SECONDS]
+    valid = sorted(d for d in touched | set(stale) if days.has_partition_key(d))
+    for skipped in sorted(touched - set(valid)):
+        context.log.warning(f"builds finished on {skipped}, outside the day partitions; not published")
+    cursor = str(last)
+    if not valid:
+        return dg.SensorResult(skip_reason="no days to publish", cursor=cursor)
+    tag = f"{last}" if touched else f"retry-{hour}"
+    requests = [
+        dg.RunRequest(
+            run_key=f"days-{start}-{end}-{tag}", job_name=stage_and_publish_job.name,
+            tags={**range_tags(start, end), **PUBLISH_PRIORITY},
         )
-        touched: set[str] = set()
-        for record in result.records:
-            value = record.asset_materialization.metadata.get("affected_days")
-            touched.update(getattr(value, "value", None) or [])
-        last = result.records[-1].storage_id if result.records else after
-        dirty = staging.dirty_days()
-        # A touched day that is clean again was published whole since (e.g. by `kettle sync`):
-        # requesting it would redo it for nothing.
-        touched = {d for d in touched if d in dirty}
-        # Days whose changes were never published (a failed or killed run): ask again, hourly.
-        hour = int(time.time() // 3600)
-        stale = [d for d, marked in dirty.items() if time.time() - marked > UNPUBLISHED_GRACE_SECONDS]
-        valid = sorted(d for d in touched | set(stale) if days.has_partition_key(d))
-        for skipped in sorted(touched - set(valid)):
-            context.log.warning(f"builds finished on {skipped}, outside the day partitions; not published")
-        if not valid:
-            return dg.SensorResult(skip_reason="no days to publish", cursor=str(last) if last else None)
-        tag = f"{last}" if touched else f"retry-{hour}"
-        requests = [
-            dg.RunRequest(
-                run_key=f"days-{start}-{end}-{tag}", job_name=stage_and_publish_job.name,
-                tags={**range_tags(start, end), **PUBLISH_PRIORITY},
-            )
-            for start, end in contiguous_ranges(valid)
-        ]
-        requests.append(dg.RunRequest(run_key=f"windows-{tag}", job_name=refresh_windows_job.name, tags=PUBLISH_PRIORITY))
-        return dg.SensorResult(run_requests=requests, cursor=str(last) if last else None)
-
-    refresh_metrics = dg.AutomationConditionSensorDefinition(
-        "refresh_metrics_on_new_rows",
-        target=METRICS_SELECTION | dg.AssetSelection.assets("test_results") | REPORT_SELECTION,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Recompute test_results and the metrics after new rows are published, then the CI report.",
-    )
-    return [reconcile_buckets, refresh_windows_hourly, close_yesterday], [
-        stream_finished_builds, publish_affected_days, refresh_metrics,
+        for start, end in contiguous_ranges(valid)
     ]
+    requests.append(dg.RunRequest(run_key=f"windows-{tag}", job_name=refresh_windows_job.name, tags=PUBLISH_PRIORITY))
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+SCHEDULES = [reconcile_buckets, refresh_windows_hourly, close_yesterday]
+SENSORS = [stream_finished_builds, refresh_metrics]  # and publish_sensor(days) of the code location

@@ -84,8 +84,11 @@ def cmd_sync(args) -> int:
             file=sys.stderr,
         )
         return 2
-    if settings.env == "gcp" and not settings.bq_project:
-        print("kettle: bad configuration: KETTLE_ENV=gcp needs KETTLE_BQ_PROJECT", file=sys.stderr)
+    if settings.warehouse_kind == "bigquery" and not settings.bq_project:
+        print(
+            "kettle: bad configuration: the BigQuery warehouse needs KETTLE_BQ_PROJECT "
+            "(or KETTLE_WAREHOUSE=duckdb for a local one)", file=sys.stderr,
+        )
         return 2
     if settings.env == "local" and not Path(settings.storage_root).is_dir():
         print(f"kettle: bad configuration: storage root {settings.storage_root} is not a folder", file=sys.stderr)
@@ -96,7 +99,7 @@ def cmd_sync(args) -> int:
         print(f"kettle: not enough disk space under {home}: {_megabytes(free)} free, a sync needs at least "
               f"{_megabytes(MIN_FREE_BYTES)} (KETTLE_HOME)", file=sys.stderr)
         return 2
-    if settings.env == "local" or settings.warehouse == "duckdb":
+    if settings.warehouse_kind == "duckdb":
         from .resources.warehouse import CorruptWarehouseError, check_duckdb_file
 
         try:

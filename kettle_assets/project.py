@@ -1,22 +1,8 @@
 """Builds the code location (assets, resources, jobs) from settings or the environment.
 
-KETTLE_ENV          local (folder + DuckDB) or gcp (GCS + BigQuery); default: local when
-                    KETTLE_STORAGE_ROOT is set, else gcp
-KETTLE_BUCKETS      buckets.yaml (default: ./buckets.yaml)
-KETTLE_STORAGE_ROOT a folder standing for gs:// (local)
-KETTLE_HOME         data folder: staging Parquet, DuckDB file, exports (default: ./.kettle)
-KETTLE_START_DATE   first day partition (default: the first day with staged builds, else two weeks ago)
-KETTLE_ARTIFACT_URL where a build's artifacts are browsed: {bucket} and {path} (default: gcsweb.k8s.io)
-KETTLE_REPORT_URL   where the CI report ($KETTLE_HOME/report/) is served (default: that folder as a file:// URL)
-KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
-KETTLE_FETCH_THREADS  artifact fetches in flight (default: 16 local, 64 gcp)
-KETTLE_GCS_CONNECTIONS  pooled HTTP connections to GCS (default 64)
-KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
-KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
-KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
-KETTLE_WAREHOUSE    duckdb: keep the local warehouse whatever the artifact store (the benchmark uses it)
-KETTLE_ALERT_WEBHOOKS  where alerts are posted: slack:<url> or json:<url>, comma-separated (default: none)
-KETTLE_ALERT_RULES  alert thresholds, name=value,... (e.g. consecutive_failures=2; defaults in docs/alerts.md)
+`Settings` holds every setting and its default; `Settings.from_env` reads the KETTLE_*
+variables over them (the README's configuration table describes each), and `build_resources`
+is the one place that turns them into resources (local folder and DuckDB, or GCS and BigQuery).
 """
 
 from __future__ import annotations
@@ -31,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from .automation import JOBS, make_automation
+from .automation import JOBS, SCHEDULES, SENSORS, publish_sensor
 from .assets.alerts import alert_on_new_failures
 from .assets.collection import make_collection_assets
 from .assets.checks import make_build_checks, make_contract_checks
@@ -39,10 +25,10 @@ from .assets.common import bucket_partitions, day_partitions
 from .assets.daily import make_daily_assets
 from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.failure_clusters import failure_clusters, failure_clusters_automation
-from .assets.metrics import make_metric_assets
+from .assets.metrics import METRIC_ASSETS
 from .assets.report import ci_report
 from .assets.test_results import make_test_results_asset
-from .assets.windows import make_window_assets
+from .assets.windows import build_day, build_week
 from .core.alerts import AlertRules
 from .core.config import load_buckets
 from .resources.artifacts import LocalArtifactStore
@@ -63,11 +49,14 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 @dataclass(frozen=True)
 class Settings:
-    buckets_file: str
-    storage_root: str | None
-    home: str
+    """Every setting and its default, in one place: the environment (`from_env`) and `kettle`'s
+    flags only override these, and the resources are built from them (`build_resources`)."""
+
+    buckets_file: str = "buckets.yaml"
+    storage_root: str | None = None
+    home: str = ".kettle"
     start_date: str | None = None  # None: discovered from staging (first_partition_day)
-    fetch_threads: int = 16
+    fetch_threads: int = 16  # from_env: 64 for gcp, whose requests wait on the network
     env: str = "local"
     gcs_timeout: float = 10.0
     gcs_connections: int = 64
@@ -80,76 +69,91 @@ class Settings:
     pubsub_subscription: str | None = None
     alert_webhooks: str = ""  # slack:<url> or json:<url>, comma-separated
     alert_rules: str = ""  # name=value,... over AlertRules' defaults
-    warehouse: str | None = None  # override: duckdb or bigquery (default: the env's)
+    warehouse: str | None = None  # duckdb or bigquery; None: the env's own (see warehouse_kind)
     retention_days: int = 0  # staging days older than this are pruned after a sync; 0 keeps all
     max_row_bytes: int = 100 * 1024 * 1024
     artifact_url: str = DEFAULT_ARTIFACT_URL
     report_url: str | None = None  # None: $KETTLE_HOME/report as a file:// URL
 
+    @property
+    def warehouse_kind(self) -> str:
+        """duckdb or bigquery: KETTLE_WAREHOUSE, else the environment's own."""
+        return self.warehouse or ("duckdb" if self.env == "local" else "bigquery")
+
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
         """Settings from KETTLE_* variables (flags in `overrides` win); a bad value raises
         SettingError naming the variable."""
-        env = os.environ
-        values = dict(
-            buckets_file=env.get("KETTLE_BUCKETS", "buckets.yaml"),
-            storage_root=env.get("KETTLE_STORAGE_ROOT") or None,
-            home=env.get("KETTLE_HOME", ".kettle"),
-            start_date=_date_setting("KETTLE_START_DATE", env.get("KETTLE_START_DATE") or None),
-            fetch_threads=(
-                _number("KETTLE_FETCH_THREADS", env["KETTLE_FETCH_THREADS"], int, 1, 512)
-                if env.get("KETTLE_FETCH_THREADS") else None
-            ),
-            gcs_timeout=_number("KETTLE_GCS_TIMEOUT", env.get("KETTLE_GCS_TIMEOUT", "10"), float, 0.1, 3600),
-            gcs_connections=_number("KETTLE_GCS_CONNECTIONS", env.get("KETTLE_GCS_CONNECTIONS", "64"), int, 1, 1024),
-            gcs_deadline=_number("KETTLE_GCS_DEADLINE", env.get("KETTLE_GCS_DEADLINE", "120"), float, 0.1, 86400),
-            bq_project=env.get("KETTLE_BQ_PROJECT") or None,
-            bq_dataset=env.get("KETTLE_BQ_DATASET", "build"),
-            bq_location=env.get("KETTLE_BQ_LOCATION") or None,
-            bq_endpoint=env.get("KETTLE_BQ_ENDPOINT") or None,
-            bq_deadline=_number("KETTLE_BQ_DEADLINE", env.get("KETTLE_BQ_DEADLINE", "180"), float, 0.1, 86400),
-            pubsub_subscription=env.get("KETTLE_PUBSUB_SUBSCRIPTION") or None,
-            alert_webhooks=env.get("KETTLE_ALERT_WEBHOOKS", ""),
-            alert_rules=env.get("KETTLE_ALERT_RULES", ""),
-            warehouse=env.get("KETTLE_WAREHOUSE") or None,
-            retention_days=_number(
-                "KETTLE_STAGING_RETENTION_DAYS", env.get("KETTLE_STAGING_RETENTION_DAYS", "0"), int, 0, 100_000
-            ),
-            max_row_bytes=_number(
-                "KETTLE_MAX_ROW_BYTES", env.get("KETTLE_MAX_ROW_BYTES", str(100 * 1024 * 1024)), int, 1024, 1 << 40
-            ),
-            artifact_url=env.get("KETTLE_ARTIFACT_URL") or DEFAULT_ARTIFACT_URL,
-            report_url=env.get("KETTLE_REPORT_URL") or None,
-        )
+        values = {}
+        for name, (variable, parse) in _VARIABLES.items():
+            raw = os.environ.get(variable)
+            if raw:
+                values[name] = parse(variable, raw)
         if overrides.get("fetch_threads") is not None:
             overrides["fetch_threads"] = _number("--threads", str(overrides["fetch_threads"]), int, 1, 512)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        values["env"] = overrides.get("env") or env.get("KETTLE_ENV") or ("local" if values["storage_root"] else "gcp")
+        values.setdefault("env", "local" if values.get("storage_root") else "gcp")
+        artifact_url = values.get("artifact_url", cls.artifact_url)
         try:
-            values["artifact_url"].format(bucket="bucket", path="path")
+            artifact_url.format(bucket="bucket", path="path")
         except (KeyError, IndexError, ValueError):
             raise SettingError(
-                f"KETTLE_ARTIFACT_URL may only use {{bucket}} and {{path}}, not {values['artifact_url'][:200]!r}"
+                f"KETTLE_ARTIFACT_URL may only use {{bucket}} and {{path}}, not {artifact_url[:200]!r}"
             ) from None
-        if values["report_url"] and not re.match(r"(https?|file)://", values["report_url"]):
+        if values.get("report_url") and not re.match(r"(https?|file)://", values["report_url"]):
             raise SettingError(
                 f"KETTLE_REPORT_URL must be an http(s):// or file:// address, not {values['report_url'][:200]!r}"
             )
         if values["env"] not in ("local", "gcp"):
             raise SettingError(f"KETTLE_ENV must be local or gcp, not {values['env'][:100]!r}")
-        if values["warehouse"] not in (None, "duckdb", "bigquery"):
+        if values.get("warehouse") not in (None, "duckdb", "bigquery"):
             raise SettingError(f"KETTLE_WAREHOUSE must be duckdb or bigquery, not {values['warehouse'][:100]!r}")
         try:
-            parse_webhooks(values["alert_webhooks"])
+            parse_webhooks(values.get("alert_webhooks", cls.alert_webhooks))
         except ValueError as exc:
             raise SettingError(f"KETTLE_ALERT_WEBHOOKS: {exc}") from None
         try:
-            AlertRules.parse(values["alert_rules"])
+            AlertRules.parse(values.get("alert_rules", cls.alert_rules))
         except ValueError as exc:
             raise SettingError(f"KETTLE_ALERT_RULES: {exc}") from None
-        if values.get("fetch_threads") is None:  # GCS requests wait on the network: keep more in flight
-            values["fetch_threads"] = 64 if values["env"] == "gcp" else 16
+        if values["env"] == "gcp":
+            values.setdefault("fetch_threads", 64)
         return cls(**values)
+
+
+def _text(_variable: str, raw: str) -> str:
+    return raw
+
+
+def _bounded(kind: type, low: float, high: float):
+    return lambda variable, raw: _number(variable, raw, kind, low, high)
+
+
+# Settings field -> its environment variable and how its text is read.
+_VARIABLES = {
+    "buckets_file": ("KETTLE_BUCKETS", _text),
+    "storage_root": ("KETTLE_STORAGE_ROOT", _text),
+    "home": ("KETTLE_HOME", _text),
+    "start_date": ("KETTLE_START_DATE", lambda variable, raw: _date_setting(variable, raw)),
+    "fetch_threads": ("KETTLE_FETCH_THREADS", _bounded(int, 1, 512)),
+    "env": ("KETTLE_ENV", _text),
+    "gcs_timeout": ("KETTLE_GCS_TIMEOUT", _bounded(float, 0.1, 3600)),
+    "gcs_connections": ("KETTLE_GCS_CONNECTIONS", _bounded(int, 1, 1024)),
+    "gcs_deadline": ("KETTLE_GCS_DEADLINE", _bounded(float, 0.1, 86400)),
+    "bq_project": ("KETTLE_BQ_PROJECT", _text),
+    "bq_dataset": ("KETTLE_BQ_DATASET", _text),
+    "bq_location": ("KETTLE_BQ_LOCATION", _text),
+    "bq_endpoint": ("KETTLE_BQ_ENDPOINT", _text),
+    "bq_deadline": ("KETTLE_BQ_DEADLINE", _bounded(float, 0.1, 86400)),
+    "pubsub_subscription": ("KETTLE_PUBSUB_SUBSCRIPTION", _text),
+    "warehouse": ("KETTLE_WAREHOUSE", _text),
+    "retention_days": ("KETTLE_STAGING_RETENTION_DAYS", _bounded(int, 0, 100_000)),
+    "max_row_bytes": ("KETTLE_MAX_ROW_BYTES", _bounded(int, 1024, 1 << 40)),
+    "artifact_url": ("KETTLE_ARTIFACT_URL", _text),
+    "report_url": ("KETTLE_REPORT_URL", _text),
+    "alert_webhooks": ("KETTLE_ALERT_WEBHOOKS", _text),
+    "alert_rules": ("KETTLE_ALERT_RULES", _text),
+}
 
 
 class SettingError(ValueError):
@@ -194,6 +198,17 @@ def report_root_url(settings: Settings) -> str:
     return settings.report_url or (Path(settings.home).resolve() / "report").as_uri()
 
 
+def settings_resource(settings: Settings) -> KettleSettings:
+    """The settings every stage shares, as a resource."""
+    return KettleSettings(
+        buckets_file=str(Path(settings.buckets_file).resolve()),
+        fetch_threads=settings.fetch_threads,
+        max_row_bytes=settings.max_row_bytes,
+        artifact_url=settings.artifact_url,
+        report_url=report_root_url(settings),
+    )
+
+
 def duckdb_warehouse(home: Path) -> DuckDBWarehouse:
     # Bounded memory and threads: DuckDB would otherwise take 80% of RAM for nested inserts.
     config = {"memory_limit": "256MB", "threads": 1, "preserve_insertion_order": False}
@@ -207,12 +222,9 @@ def build_resources(settings: Settings) -> dict:
         if settings.storage_root is None:
             raise ValueError("KETTLE_ENV=local needs KETTLE_STORAGE_ROOT (run `kettle sample DIR` for one)")
         artifacts = LocalArtifactStore(root=str(Path(settings.storage_root).resolve()))
-        warehouse = duckdb_warehouse(home)
         notifications = LocalFolderNotificationSource(
             root=str(Path(settings.storage_root).resolve()), state_file=str(home / "stream" / "local_watch.json")
         )
-        if settings.pubsub_subscription:  # local artifacts, but notifications from Pub/Sub
-            notifications = PubSubNotificationSource(subscription=settings.pubsub_subscription)
     else:
         artifacts = GCSArtifactStore(
             project=settings.bq_project,
@@ -220,6 +232,12 @@ def build_resources(settings: Settings) -> dict:
             deadline_seconds=settings.gcs_deadline,
             max_connections=settings.gcs_connections,
         )
+        notifications = PubSubNotificationSource(subscription=settings.pubsub_subscription or "")
+    if settings.pubsub_subscription:  # e.g. local artifacts, but notifications from Pub/Sub
+        notifications = PubSubNotificationSource(subscription=settings.pubsub_subscription)
+    if settings.warehouse_kind == "duckdb":
+        warehouse = duckdb_warehouse(home)
+    else:
         warehouse = BigQueryWarehouse(
             bigquery=KettleBigQueryResource(
                 project=settings.bq_project,
@@ -231,21 +249,12 @@ def build_resources(settings: Settings) -> dict:
             retry_deadline_seconds=settings.bq_deadline,
             request_timeout_seconds=min(60.0, settings.bq_deadline),
         )
-        notifications = PubSubNotificationSource(subscription=settings.pubsub_subscription or "")
-    if settings.warehouse == "duckdb":  # e.g. GCS artifacts into a local warehouse (the benchmark)
-        warehouse = duckdb_warehouse(home)
     return {
         "artifacts": artifacts,
         "staging": StagingStore(home=str(home)),
         "warehouse": warehouse,
         "notifications": notifications,
-        "settings": KettleSettings(
-            buckets_file=str(Path(settings.buckets_file).resolve()),
-            fetch_threads=settings.fetch_threads,
-            max_row_bytes=settings.max_row_bytes,
-            artifact_url=settings.artifact_url,
-            report_url=report_root_url(settings),
-        ),
+        "settings": settings_resource(settings),
         "alerts": AlertWebhooks(
             webhooks=settings.alert_webhooks, rules=settings.alert_rules, report_url=report_root_url(settings),
             outbox_file=str(home / "alerts" / "outbox.sqlite"),
@@ -258,12 +267,11 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
     days = day_partitions(first_partition_day(settings))
     junit_results, build_rows, build_all = make_daily_assets(days, build_metadata)
-    build_week, build_day = make_window_assets(build_rows)
     test_results = make_test_results_asset(days, build_all)
     assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
     return [
         *(with_owners_and_schema(a, bucket_owners(buckets)) for a in assets),
-        test_results, *make_metric_assets(build_all, test_results), failure_clusters, ci_report,
+        test_results, *METRIC_ASSETS, failure_clusters, ci_report,
     ]
 
 
@@ -272,16 +280,15 @@ def build_checks() -> list[dg.AssetChecksDefinition]:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    assets = build_assets(settings)
-    buckets = load_buckets(settings.buckets_file)
-    schedules, sensors = make_automation(buckets.keys, day_partitions(first_partition_day(settings)))
     return dg.Definitions(
-        assets=assets,
+        assets=build_assets(settings),
         asset_checks=build_checks(),
         resources=build_resources(settings),
         jobs=JOBS,
-        schedules=schedules,
-        sensors=[*sensors, failure_clusters_automation, alert_on_new_failures],
+        schedules=SCHEDULES,
+        sensors=[
+            *SENSORS, publish_sensor(day_partitions(first_partition_day(settings))), failure_clusters_automation, alert_on_new_failures,
+        ],
         executor=dg.in_process_executor,
     )
 

@@ -25,7 +25,8 @@ from .automation import (
 from .assets.alerts import alert_round
 from .core import report_links
 from .launcher import RUN_PID_TAG
-from .project import Settings, build_assets, build_checks, build_resources
+from .assets.common import day_partitions
+from .project import Settings, build_assets, build_checks, build_resources, first_partition_day
 from .resources.warehouse import DuckDBWarehouse
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -190,17 +191,18 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
         )
 
     # Day partitions start at the first staged day: what was just collected may have moved it.
+    days = day_partitions(first_partition_day(settings))
     defs = _definitions(settings, resources)
-    day_partitions = defs.resolve_assets_def("build_rows").partitions_def
     # Every day with unpublished changes: this cycle's, and any an earlier cycle failed to publish.
     pending = set(resources["staging"].dirty_days()) | affected
     if rebuild_warehouse:  # every staged day published again, e.g. into a new, empty warehouse
         staged = resources["staging"].row_days()
         echo(f"[rebuild] re-publishing {len(staged)} staged days into the warehouse")
+        resources["staging"].forget_published()
         pending |= set(staged)
     valid = set()
     for day in sorted(pending):
-        if day_partitions.has_partition_key(day):
+        if days.has_partition_key(day):
             valid.add(day)
         else:
             summary.out_of_range_days.append(day)

@@ -19,8 +19,7 @@ import pytest
 from kettle_assets.assets.alerts import alert_on_new_failures, alert_round
 from kettle_assets.core.alerts import AlertEvent
 from kettle_assets.core.report_links import job_page, page_url
-from kettle_assets.project import SettingError, Settings, build_resources, duckdb_warehouse
-from kettle_assets.resources.settings import KettleSettings
+from kettle_assets.project import SettingError, Settings, build_resources, duckdb_warehouse, settings_resource
 from kettle_assets.sync import SyncSummary, alert_after_answers
 from kettle_assets.resources.webhooks import AlertWebhooks, idempotency_key, parse_webhooks
 
@@ -187,7 +186,7 @@ def test_sensor_reads_after_each_publish_and_posts_once(receiver, warehouse, tmp
     instance = dg.DagsterInstance.ephemeral()
     # the sensor looks as of the wall clock: the hand-made builds stay active whenever the test runs
     resources = {"warehouse": warehouse, "alerts": alerts_to(receiver, tmp_path, rules="active_days=100000"),
-                 "settings": KettleSettings(buckets_file=str(BUCKETS))}
+                 "settings": settings_resource(Settings(buckets_file=str(BUCKETS)))}
 
     def tick(cursor):
         with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:

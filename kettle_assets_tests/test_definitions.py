@@ -1,12 +1,15 @@
 """The code location's shape: what monitors the tables, what runs by itself."""
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from kettle_assets.project import build_definitions
+from kettle_assets.project import Settings, build_definitions, build_resources
+from kettle_assets.resources.bigquery import BigQueryWarehouse
+from kettle_assets.resources.warehouse import DuckDBWarehouse
 
-from .conftest import Kettle
+from .conftest import BUCKETS, Kettle
 
 
 def test_freshness_replaces_monitor_py_and_automation_runs_by_default(sample_tree, tmp_path):
@@ -26,3 +29,40 @@ def test_freshness_replaces_monitor_py_and_automation_runs_by_default(sample_tre
     }
     assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in defs.schedules)
     assert defs.resolve_job_def("stream_builds").executor_def is dg.in_process_executor
+
+
+def test_the_warehouse_follows_kettle_warehouse_not_only_the_environment(tmp_path, monkeypatch):
+    for name in ("KETTLE_BQ_PROJECT", "KETTLE_STORAGE_ROOT", "KETTLE_ENV", "KETTLE_WAREHOUSE"):
+        monkeypatch.delenv(name, raising=False)
+    home = str(tmp_path / "home")
+    gcs_local = Settings.from_env(home=home, warehouse="duckdb")
+    assert gcs_local.env == "gcp" and isinstance(build_resources(gcs_local)["warehouse"], DuckDBWarehouse)
+    local_bq = Settings.from_env(home=home, storage_root=str(tmp_path), warehouse="bigquery", bq_project="p")
+    assert local_bq.env == "local" and isinstance(build_resources(local_bq)["warehouse"], BigQueryWarehouse)
+    assert Settings.from_env(home=home).warehouse_kind == "bigquery"
+
+
+def test_descriptions_render_in_the_ui_without_html_eating_them(tmp_path):
+    """The UI renders descriptions as Markdown: `<day>` would vanish as an HTML tag."""
+    settings = Settings(buckets_file=str(BUCKETS), storage_root=str(tmp_path), home=str(tmp_path / "home"),
+                        start_date="2026-10-01")
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    texts = [graph.get(key).description or "" for key in graph.get_all_asset_keys()]
+    texts += [check.description or "" for a in graph.assets_defs for check in a.check_specs]
+    texts += [s.description or "" for s in [*defs.sensors, *defs.schedules]]
+    assert texts and not [t for t in texts if re.search(r"<[A-Za-z/!]", t)]
+
+
+def test_reconcile_buckets_asks_for_every_bucket_one_run_at_a_time_each(tmp_path):
+    settings = Settings(buckets_file=str(BUCKETS), storage_root=str(tmp_path), home=str(tmp_path / "home"),
+                        start_date="2026-10-01")
+    defs = build_definitions(settings)
+    with dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 12, 4, tzinfo=timezone.utc),
+        resources={"settings": build_resources(settings)["settings"]}, repository_def=defs.get_repository_def(),
+    ) as context:
+        requests = defs.resolve_schedule_def("reconcile_buckets").evaluate_tick(context).run_requests
+    keys = build_resources(settings)["settings"].buckets.keys
+    assert [r.partition_key for r in requests] == keys
+    assert [r.tags["kettle/bucket"] for r in requests] == keys  # dagster.yaml: one run per bucket at a time

@@ -19,7 +19,7 @@ from kettle_assets.assets.failure_clusters import failure_clusters
 from kettle_assets.core.clustering import (
     ClusterOptions, Failure, Previous, cluster_failures, cluster_stream, failure_order, pairwise_agreement)
 from kettle_assets.core.triage_text import cluster_id, common_spans, ngram_counts, normalize, normalize_name
-from kettle_assets.resources.settings import KettleSettings
+from kettle_assets.project import Settings, settings_resource
 from kettle_assets.resources.staging import StagingStore
 from kettle_assets.resources.warehouse import DuckDBWarehouse
 
@@ -224,7 +224,7 @@ def _home(tmp_path: Path, results: list[tuple], builds: list[tuple]) -> tuple[Du
 
 
 def _materialize(warehouse, staging, **config):
-    resources = {"warehouse": warehouse, "staging": staging, "settings": KettleSettings(buckets_file=str(BUCKETS))}
+    resources = {"warehouse": warehouse, "staging": staging, "settings": settings_resource(Settings(buckets_file=str(BUCKETS)))}
     result = dg.materialize([failure_clusters], resources=resources,
                             run_config={"ops": {"failure_clusters": {"config": config}}})
     assert result.success

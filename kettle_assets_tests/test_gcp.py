@@ -94,6 +94,19 @@ def test_gcp_sync_gives_the_local_rows_and_is_idempotent(servers, synced, tmp_pa
     assert len(paths) == len(set(paths)) == len(local)
 
 
+def test_gcs_into_a_local_duckdb_needs_no_bigquery_project(servers, synced, tmp_path, monkeypatch):
+    """Real buckets, local warehouse: what many users try first. No KETTLE_BQ_* at all."""
+    gcs, _bq = servers
+    for name in ("KETTLE_BQ_PROJECT", "KETTLE_BQ_ENDPOINT", "KETTLE_STORAGE_ROOT", "KETTLE_ENV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KETTLE_WAREHOUSE", "duckdb")
+    settings = Settings.from_env(buckets_file=str(BUCKETS), home=str(tmp_path / "home"), fetch_threads=8)
+    assert (settings.env, settings.warehouse_kind, settings.bq_project) == ("gcp", "duckdb", None)
+    summary = sync(settings, dg.DagsterInstance.ephemeral(), monkeypatch, gcs)
+    assert summary.ok, summary.failures
+    assert [normalise(r) for r in duckdb_rows(tmp_path / "home")] == [normalise(r) for r in duckdb_rows(synced.home)]
+
+
 def test_failed_bigquery_load_marks_nothing_done(servers, tmp_path, monkeypatch):
     gcs, bq = servers
     instance = dg.DagsterInstance.ephemeral()

@@ -13,7 +13,7 @@ import random
 
 from kettle_assets.core.metrics import METRICS, Window, flakiness_sql, metric_sql, shape
 from kettle_assets.project import duckdb_warehouse
-from kettle_assets.resources.staging import ROW_SCHEMA
+from kettle_assets.core.schema import ROW_SCHEMA
 
 AS_OF = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
 DAY1, DAY2 = "2026-12-02", "2026-12-03"

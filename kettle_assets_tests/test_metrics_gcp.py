@@ -10,7 +10,7 @@ import pytest
 from kettle_assets.core.alerts import AlertRules, job_events, job_runs_sql
 from kettle_assets.core.metrics import METRICS, Window, flakiness_sql, metric_sql
 from kettle_assets.project import Settings, build_resources, duckdb_warehouse
-from kettle_assets.resources.staging import ROW_SCHEMA
+from kettle_assets.core.schema import ROW_SCHEMA
 
 from .conftest import BUCKETS
 from .support.servers import bq_emulator

@@ -114,11 +114,14 @@ def test_sigkill_of_daemon_and_workers_mid_run_heals_by_itself(own_kettle, tmp_p
         daemon = _start_daemon(env)
         try:
             with instance:
-                # crash while a stream run is in flight
+                # crash while the streamed builds' days are being published (the longest run of the
+                # stream: a streamed build's own build_metadata run may end before the kill lands)
                 deadline = time.monotonic() + 120
                 in_flight = []
                 while not in_flight and time.monotonic() < deadline:
-                    in_flight = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+                    in_flight = instance.get_runs(
+                        RunsFilter(statuses=[DagsterRunStatus.STARTED], job_name="stage_and_publish_days")
+                    )
                     time.sleep(0.2)
                 assert in_flight, "no run started within 120 s"
                 os.killpg(daemon.pid, signal.SIGKILL)

@@ -146,10 +146,10 @@ def test_a_tick_that_dies_loses_nothing_and_acks_after_commit(own_kettle, monkey
                 return sensor(ctx)
 
         died = tick(None)  # evaluated, then "dies": its run requests and cursor are never recorded
-        assert [r.run_config["ops"]["build_all"]["config"]["builds"] for r in died.run_requests] == [[path]]
+        assert [r.run_config["ops"]["build_metadata"]["config"]["builds"] for r in died.run_requests] == [[path]]
         time.sleep(11)  # past the ack deadline
         again = tick(None)
-        assert [r.run_config["ops"]["build_all"]["config"]["builds"] for r in again.run_requests] == [[path]]
+        assert [r.run_config["ops"]["build_metadata"]["config"]["builds"] for r in again.run_requests] == [[path]]
         tick(again.cursor)  # the next tick acknowledges what the committed cursor holds
         assert drain(host, sub, 12) == []  # nothing comes back: relevant acked after commit, irrelevant at once
 
@@ -224,35 +224,61 @@ def wait_for_rows(home: Path, path: str, timeout: float) -> dict:
     raise AssertionError(f"{path} did not reach the warehouse in {timeout}s: {counts}")
 
 
-def test_local_folder_streaming_through_the_sensor(own_kettle):
-    """The embedded default streams too: a new finished.json in the folder becomes a run and a row."""
+def test_local_folder_streaming_through_the_sensors(own_kettle):
+    """The embedded default streams too: a new finished.json in the folder becomes a
+    build_metadata run naming it, and the publish sensor stages and publishes its day."""
     own_kettle.sync()
     defs = build_definitions(own_kettle.settings)
-    sensor = defs.resolve_sensor_def("stream_finished_builds")
     resources = build_resources(own_kettle.settings)
     instance = own_kettle.instance
 
-    def tick(cursor):
+    def tick(name, cursor):
         with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs) as ctx:
-            return sensor(ctx)
+            return defs.resolve_sensor_def(name)(ctx)
 
-    first = tick(None)
+    def run(request):
+        job = defs.resolve_job_def(request.job_name or "stream_builds")
+        result = job.execute_in_process(
+            partition_key=request.partition_key, run_config=request.run_config or {}, tags=request.tags,
+            instance=instance,
+        )
+        assert result.success
+        return result
+
+    first = tick("stream_finished_builds", None)
+    publish_cursor = tick("publish_affected_days", None).cursor
     assert not first.run_requests
     path = add_build(own_kettle.tree, "kubernetes-jenkins/logs/ci-kubernetes-unit/32", int(time.time()) - 30)
-    result = tick(first.cursor)
-    assert len(result.run_requests) == 1
-    request = result.run_requests[0]
-    job = defs.resolve_job_def("stream_builds")
-    run = job.execute_in_process(
-        partition_key=request.partition_key, run_config=request.run_config, instance=instance
-    )
-    assert run.success
-    junit = run.asset_materializations_for_node("junit_results")[0].metadata
+    result = tick("stream_finished_builds", first.cursor)
+    [request] = result.run_requests
+    assert request.partition_key == "kubernetes-jenkins/logs"
+    streamed = run(request)
+    # the lineage is what happened: the streamed build went through build_metadata, and only it
+    assert {e.asset_key.to_user_string() for e in streamed.get_asset_materialization_events()} == {"build_metadata"}
+    metadata = streamed.asset_materializations_for_node("build_metadata")[0].metadata
+    assert metadata["new_finished"].value == 1 and metadata["fetched"].value == 1  # no listing, no other build
+
+    publish = tick("publish_affected_days", publish_cursor)
+    assert [r.job_name for r in publish.run_requests] == ["stage_and_publish_days", "refresh_windows"]
+    published = run(publish.run_requests[0])
+    junit = published.asset_materializations_for_node("junit_results")[0].metadata
     assert junit["fetched"].value == 1  # only the streamed build, not the day
+    run(publish.run_requests[1])
     assert own_kettle.query('SELECT count(*) FROM "all" WHERE path = ?', path) == [(1,)]
     assert own_kettle.query('SELECT count(*) FROM "day" WHERE path = ?', path) == [(1,)]
-    # the same notification again (a redelivery) leaves one row
-    run = job.execute_in_process(partition_key=request.partition_key, run_config=request.run_config, instance=instance)
-    assert run.success
-    assert own_kettle.query('SELECT count(*) FROM "all" WHERE path = ?', path) == [(1,)]
-    shutil.rmtree(own_kettle.tree / "kubernetes-jenkins/logs/ci-kubernetes-unit/32")
+    assert tick("publish_affected_days", publish.cursor).run_requests == []  # the day is published
+
+    # the same notification again (a redelivery) and a second build of the day: one row each,
+    # and the day is published by upserting the new build, not by replacing the day
+    second = add_build(own_kettle.tree, "kubernetes-jenkins/logs/ci-kubernetes-unit/33", int(time.time()) - 20)
+    [request_second] = tick("stream_finished_builds", result.cursor).run_requests
+    run(request)
+    run(request_second)
+    again = tick("publish_affected_days", publish.cursor).run_requests
+    build_all = run(again[0]).asset_materializations_for_node("build_all")
+    assert build_all[-1].metadata["days_upserted"].value == 1
+    assert build_all[0].metadata["rows_loaded"].value == 1 and build_all[0].metadata["dagster/row_count"].value == 2
+    assert own_kettle.query('SELECT count(*) FROM "all" WHERE path IN (?, ?)', path, second) == [(2,)]
+    assert own_kettle.query('SELECT count(*) - count(DISTINCT path) FROM "all"') == [(0,)]
+    for folder in (path, second):
+        shutil.rmtree(own_kettle.tree / folder[len("gs://"):])

@@ -11,7 +11,7 @@ import pytest
 from kettle_assets.assets.links import artifact_url, bucket_owners, md_link, owner_of_contact
 from kettle_assets.automation import stream_run_config
 from kettle_assets.core.config import load_buckets
-from kettle_assets.core.schema import field_names
+from kettle_assets.core.schema import CONTRACT_COLUMNS
 from kettle_assets.project import Settings, build_assets, build_definitions, build_resources, first_partition_day
 from kettle_assets.resources.notifications import LocalFolderNotificationSource
 
@@ -79,11 +79,11 @@ def test_table_assets_carry_the_contract_schema_and_owners(synced):
     for asset in ("build_rows", "build_all", "build_week", "build_day"):
         spec = next(iter(defs.resolve_assets_def(asset).specs))
         schema = spec.metadata["dagster/column_schema"]
-        assert [c.name for c in schema.columns] == field_names()
+        assert [c.name for c in schema.columns] == CONTRACT_COLUMNS
         assert next(c for c in schema.columns if c.name == "test").type.startswith("ARRAY<STRUCT<name STRING")
         assert spec.owners == ["team:fejta", "team:chuckbutler"]
     build_all = next(iter(defs.resolve_assets_def("build_all").specs))
-    assert "`export/all/<day>.json.gz`" in build_all.description  # a code span: Markdown keeps <day>
+    assert "`export/all/YYYY-MM-DD.json.gz`" in build_all.description  # no angle brackets for HTML to eat
     specs = defs.resolve_assets_def("junit_results").check_specs
     assert all(spec.description for spec in specs)
 
@@ -158,8 +158,7 @@ def test_refetch_rereads_a_junit_file_changed_after_finished_json(own_kettle):
 def test_streamed_problems_are_counted_in_metadata(own_kettle):
     own_kettle.sync()
     defs = build_definitions(own_kettle.settings)
-    day = SAMPLE_DAY
-    good = own_kettle.query(f"SELECT path FROM \"all\" WHERE CAST(finished AS DATE) = '{day}' LIMIT 1")[0][0]
+    good = own_kettle.query("SELECT min(path) FROM \"all\" WHERE path LIKE 'gs://kubernetes-jenkins/logs/%'")[0][0]
     broken = own_kettle.tree / "kubernetes-jenkins/logs/ci-kubernetes-unit/77"
     broken.mkdir(parents=True)
     (broken / "started.json").write_text("{not json")
@@ -171,15 +170,14 @@ def test_streamed_problems_are_counted_in_metadata(own_kettle):
     named = [good, str(broken).replace(str(own_kettle.tree), "gs:/"), str(truncated).replace(str(own_kettle.tree), "gs:/"),
              "gs://not-watched/logs/job/1"]
     result = defs.resolve_job_def("stream_builds").execute_in_process(
-        instance=own_kettle.instance, partition_key=day, run_config=stream_run_config(named)
+        instance=own_kettle.instance, partition_key="kubernetes-jenkins/logs", run_config=stream_run_config(named)
     )
     assert result.success
-    junit = result.asset_materializations_for_node("junit_results")[-1].metadata
-    # the broken started.json, the truncated finished.json (not JSON, so no timestamp either),
-    # the path outside buckets.yaml
-    assert junit["collect_problems"].value == 4
-    week = result.asset_materializations_for_node("build_week")[-1].metadata
-    assert week["dagster/row_count"].value == own_kettle.query('SELECT count(*) FROM "week"')[0][0]  # the table's
+    metadata = result.asset_materializations_for_node("build_metadata")[-1].metadata
+    # the broken started.json, the truncated finished.json (not JSON, so no timestamp either)
+    assert metadata["problems"].value == 3
+    assert metadata["named_builds"].value == 4 and metadata["named_not_in_bucket"].value == 1
+    assert metadata["unchanged"].value == 1 and metadata["new_finished"].value == 2
 
 
 def test_a_day_without_staged_rows_reports_zero_not_the_table(own_kettle):

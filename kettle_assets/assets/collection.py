@@ -26,6 +26,8 @@ class ListingConfig(dg.Config):
 
 class MetadataConfig(dg.Config):
     as_of: Optional[float] = None  # the "now" that decides which unfinished builds are given up; default: now
+    # Streaming: fetch exactly these build folders of the bucket (known or not) instead of the listing.
+    builds: list[str] = []
 
 
 def _bucket(settings: KettleSettings, key: str):
@@ -103,8 +105,11 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
     ) -> dg.MaterializeResult:
         key = context.partition_key
         bucket = _bucket(settings, key)
-        listing = staging.read_listing(bucket.slug).to_pylist()
-        candidates = [Candidate(r["listed_as"], r["job"], r["path"]) for r in listing]
+        if config.builds:
+            candidates, not_in_bucket = named_candidates(bucket, settings, config.builds, context.log)
+        else:
+            listing = staging.read_listing(bucket.slug).to_pylist()
+            candidates, not_in_bucket = [Candidate(r["listed_as"], r["job"], r["path"]) for r in listing], 0
         now = config.as_of if config.as_of is not None else time.time()
         t0 = time.monotonic()
         retries_before, refused_before = artifacts.retries, artifacts.refused
@@ -158,6 +163,8 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
                 "excluded": states["excluded"],
                 "foreign_builds": states["foreign"],
                 "bad_paths": states[collect.BAD_PATH],
+                "named_builds": len(config.builds),
+                "named_not_in_bucket": not_in_bucket,
                 "artifact_retries": artifacts.retries - retries_before,
                 "artifacts_refused": report_refused(context, artifacts, refused_before, f"build_metadata {key}"),
                 "problems": len(problems),
@@ -181,7 +188,6 @@ class MergeCounts:
     unchanged: int = 0
     by_day: Counter = field(default_factory=Counter)  # day -> builds staged into it
     affected: set = field(default_factory=set)  # days whose staged builds changed
-    problems: int = 0  # bad input met while collecting (unreadable JSON, paths outside buckets.yaml)
 
 
 def merge_into_staging(
@@ -232,40 +238,19 @@ def merge_into_staging(
         staging.write_known(bucket.slug, pa.Table.from_pylist(rows, schema=KNOWN_SCHEMA))
 
 
-def collect_named_builds(
-    artifacts: ArtifactStore, staging: StagingStore, settings: KettleSettings, paths: list[str], now: float, log
-) -> MergeCounts:
-    """The streaming path's collection: fetch exactly these build folders (known or not) and
-    stage them like build_metadata does, with the same exclusion rule."""
-    counts = MergeCounts()
-    by_bucket: dict = defaultdict(list)
+def named_candidates(bucket, settings: KettleSettings, paths: list[str], log) -> tuple[list[Candidate], int]:
+    """Build folders named by a notification, as candidates of `bucket`: those of another
+    bucket (or of none) are logged and counted, those of excluded jobs left out."""
+    candidates, elsewhere = [], 0
     for path in sorted(set(p.rstrip("/") for p in paths)):
-        owner = settings.buckets.owner_of(path)
-        if owner is None:
-            log.warning(f"{path}: not under any bucket of buckets.yaml; ignored")
-            counts.problems += 1
-            continue
-        if owner.excludes(_job_of(path)):
-            log.info(f"{path}: job excluded by buckets.yaml; ignored")
-            continue
-        by_bucket[owner].append(collect_candidate(path))
-    with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
-        for bucket, cands in by_bucket.items():
-            metas = list(pool.map(lambda c: collect.fetch_build(artifacts, c, now), cands))
-            for meta in metas:
-                counts.problems += len(meta.problems)
-                for p in meta.problems:
-                    log.warning(p)
-            known_by_path = {r["path"]: r for r in staging.read_known(bucket.slug).to_pylist()}
-            merge_into_staging(
-                staging, bucket, [m for m in metas if m.state in (collect.FINISHED, collect.GIVEN_UP)],
-                known_by_path, counts,
-            )
-    return counts
-
-
-def collect_candidate(path: str) -> Candidate:
-    return Candidate(listed_as=path, job=_job_of(path), path=path)
+        if settings.buckets.owner_of(path) is not bucket:
+            log.warning(f"build_metadata {bucket.key}: {path} is not a build of this bucket; ignored")
+            elsewhere += 1
+        elif bucket.excludes(_job_of(path)):
+            log.info(f"build_metadata {bucket.key}: {path}: job excluded by buckets.yaml; ignored")
+        else:
+            candidates.append(Candidate(listed_as=path, job=_job_of(path), path=path))
+    return candidates, elsewhere
 
 
 def _job_of(path: str) -> str:

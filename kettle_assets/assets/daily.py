@@ -1,8 +1,9 @@
 """Per-day stages: JUnit results, contract rows (staging Parquet), and the `all` table.
 
-Batch runs (backfills, `kettle sync`, the daily close) redo whole days, fetching only what
-is missing. Streaming runs name their builds in run config (`builds`): they collect, stage
-and publish exactly those, so a notification costs a few builds' work, not a day's.
+Every run redoes whole days and does only what changed: `junit_results` fetches the builds
+missing or whose finished.json changed, `build_rows` rebuilds their rows, and `build_all`
+publishes the day, upserting just the changed builds when they are few. A streamed build is
+collected by `build_metadata` like any other, so it costs a few builds' work, not a day's.
 """
 
 import itertools
@@ -15,12 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..core import collect
+from ..core.publish import builds_to_upsert
 from ..core.rows import RowProblems, build_row, row_json, trim_row
 from ..resources.artifacts import ArtifactStore
 from ..resources.settings import KettleSettings
-from ..resources.staging import JUNIT_SCHEMA, ROW_SCHEMA, StagingStore
+from ..core.schema import ROW_SCHEMA
+from ..resources.staging import JUNIT_SCHEMA, StagingStore
 from ..resources.warehouse import Warehouse
-from .collection import collect_named_builds
 from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, fetch_unordered, md_table, report_refused
 from .links import md_link
 
@@ -30,15 +32,11 @@ MALFORMED_SHARE_LIMIT = 0.05  # more malformed JUnit files than this fails the c
 DAYS_PER_BACKFILL_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=31)
 
 
-class StreamConfig(dg.Config):
-    builds: list[str] = []  # streaming runs: exactly these build folders; empty: the whole day
-
-
-class JUnitConfig(StreamConfig):
+class JUnitConfig(dg.Config):
     refetch: bool = False  # re-read every build's JUnit files, even those whose finished.json is unchanged
 
 
-class RowsConfig(StreamConfig):
+class RowsConfig(dg.Config):
     rebuild: bool = False  # rebuild every row of the day, not only those whose inputs changed
     refetch: bool = False  # with junit_results' refetch: rebuild every row from the re-read results
 
@@ -90,18 +88,9 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
     ):
         totals = dict(builds=0, fetched=0, dropped=0, files=0, bytes=0, malformed=0, too_large=0, tests=0, bad_times=0)
         all_malformed: list[dict] = []
-        collect_problems = 0
         per_day: list[dict] = []
         t0 = time.monotonic()
         retries_before, refused_before = artifacts.retries, artifacts.refused
-        only = set(config.builds)
-        if only:
-            merged = collect_named_builds(artifacts, staging, settings, config.builds, time.time(), context.log)
-            collect_problems = merged.problems
-            context.log.info(
-                f"junit_results: collected {len(only)} named builds: {merged.new} new, {merged.updated} updated, "
-                f"{merged.unchanged} unchanged"
-            )
         with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
             for day in context.partition_keys:
                 before = dict(totals)
@@ -114,7 +103,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 keys = have.select(["path", "finished_hash"]).to_pylist()
                 stale = {r["path"] for r in keys if config.refetch or wanted.get(r["path"], object()) != r["finished_hash"]}
                 done = {r["path"] for r in keys} - stale
-                todo = sorted(p for p in wanted if p not in done and (not only or p in only))
+                todo = sorted(p for p in wanted if p not in done)
                 fetched, chunks, n_fetched = [], [], 0
                 for result in fetch_unordered(
                     pool, lambda p: collect.fetch_junit(artifacts, p, wanted[p], settings.max_junit_file_bytes), todo,
@@ -156,7 +145,6 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                            for k, v in day_counts.items()},
                         "malformed_share": round(day_counts["files"] and day_counts["malformed"] / day_counts["files"], 4),
                         "builds_with_all_junit_malformed": len(lost),
-                        "collect_problems": collect_problems,
                     },
                     partition_key=day,
                 )
@@ -170,7 +158,6 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v for k, v in totals.items()},
                 "malformed_share": round(share, 4),
                 "builds_with_all_junit_malformed": len(all_malformed),
-                "collect_problems": collect_problems,
                 "artifact_retries": artifacts.retries - retries_before,
                 "artifacts_refused": report_refused(context, artifacts, refused_before, "junit_results"),
                 "seconds": round(elapsed, 2),
@@ -214,7 +201,6 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         context: dg.AssetExecutionContext, config: RowsConfig, staging: StagingStore, settings: KettleSettings
     ) -> dg.MaterializeResult:
         buckets = settings.buckets
-        only = set(config.builds)
         rebuild = config.rebuild or config.refetch
         totals = dict(rows=0, tests=0, tests_failed=0, problems=0, waiting_for_junit=0, rows_trimmed=0, bytes=0)
         trims: list[dict] = []
@@ -229,7 +215,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 p for p, h in zip(existing.column("path").to_pylist(), existing.column("_finished_hash").to_pylist())
                 if h == _row_version(wanted.get(p)) and not rebuild
             }
-            todo = sorted(p for p in wanted if p not in current and (not only or p in only))
+            todo = sorted(p for p in wanted if p not in current)
             removed = set(existing.column("path").to_pylist()) - set(wanted)
             if not todo and not removed and staging.rows_file(day).exists():
                 per_day.append({"day": day, "rows": 0, "bytes": 0})
@@ -299,17 +285,20 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         code_version="1",
         freshness_policy=STALE_AFTER_6_HOURS,
         description=(
-            "Warehouse table `all`: each day partition replaced with that day's staged rows, "
-            "plus the day's Kettle-format export `export/all/<day>.json.gz`."
+            "Warehouse table `all`: each day partition made equal to that day's staged rows (the few "
+            "changed builds upserted, or the day replaced), plus the day's Kettle-format export "
+            "`export/all/YYYY-MM-DD.json.gz`."
         ),
     )
     def build_all(
-        context: dg.AssetExecutionContext, config: StreamConfig, staging: StagingStore, warehouse: Warehouse
+        context: dg.AssetExecutionContext, staging: StagingStore, warehouse: Warehouse
     ) -> dg.MaterializeResult:
         loaded = exported_bytes = 0
         skipped = []
         per_day: list[dict] = []
         pruned = staging.pruned_days()
+        target = warehouse.describe("all")
+        upserted_days = 0
         for day in context.partition_keys:
             rows_file = staging.rows_file(day)
             if not rows_file.exists():
@@ -327,16 +316,23 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 export, count, size = staging.write_export(
                     relpath, itertools.chain(old_lines, staging.row_batches(day))
                 )
-                n = warehouse.upsert_paths("all", [rows_file], staged)
+                n = warehouse.upsert_builds(rows_file, staged)
                 staging.clear_dirty(day, staging.junit_read_at(day))
                 context.log.info(f"build_all {day}: staging was pruned; {n} late rows added, the rest kept")
-            elif config.builds:
-                export, count, size = staging.write_export(relpath, staging.row_batches(day))
-                n = warehouse.upsert_paths("all", [rows_file], config.builds)
             else:
                 export, count, size = staging.write_export(relpath, staging.row_batches(day))
-                n = warehouse.replace_day(day, rows_file, export)
+                staged = staging.row_digests(day)
+                changed = builds_to_upsert(staged, staging.read_published(day, target))
+                if changed is None:
+                    n = warehouse.replace_day(day, rows_file)
+                else:
+                    n = warehouse.upsert_builds(rows_file, changed) if changed else 0
+                    upserted_days += 1
+                staging.write_published(day, target, staged)
                 staging.clear_dirty(day, staging.junit_read_at(day))
+                context.log.info(
+                    f"build_all {day}: " + ("day replaced" if changed is None else f"{len(changed)} changed builds upserted")
+                )
             loaded += n
             exported_bytes += size
             per_day.append({"day": day, "rows": n, "export_bytes": size})
@@ -352,6 +348,7 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
                 "table_rows": warehouse.count("all"),
                 "export_bytes": exported_bytes,
                 "days_skipped": dg.MetadataValue.json(skipped),
+                "days_upserted": upserted_days,
                 "partitions_in_run": len(context.partition_keys),
                 "per_day": dg.MetadataValue.md(md_table(per_day, ["day", "rows", "export_bytes"])),
                 "table": warehouse.describe("all"),

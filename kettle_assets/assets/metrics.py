@@ -115,11 +115,11 @@ def _metric_asset(name: str, deps: list) -> dg.AssetsDefinition:
     return metric_asset
 
 
-def _flakiness_asset(test_results: dg.AssetsDefinition) -> dg.AssetsDefinition:
+def _flakiness_asset() -> dg.AssetsDefinition:
     @dg.asset(
         name=FLAKINESS_TABLE,
         group_name=METRICS_GROUP,
-        deps=[test_results],
+        deps=["test_results"],
         kinds={"duckdb", "bigquery", "json"},
         pool="warehouse",
         code_version="1",
@@ -155,9 +155,8 @@ def _flakiness_asset(test_results: dg.AssetsDefinition) -> dg.AssetsDefinition:
     return test_flakiness_asset
 
 
-def make_metric_assets(build_all: dg.AssetsDefinition, test_results: dg.AssetsDefinition) -> list[dg.AssetsDefinition]:
-    uses_tests = {"flakes", "flakes-daily"}
-    return [
-        *(_metric_asset(name, [build_all, test_results] if name in uses_tests else [build_all]) for name in METRICS),
-        _flakiness_asset(test_results),
-    ]
+_USES_TESTS = {"flakes", "flakes-daily"}
+METRIC_ASSETS = [
+    *(_metric_asset(name, ["build_all", "test_results"] if name in _USES_TESTS else ["build_all"]) for name in METRICS),
+    _flakiness_asset(),
+]

@@ -21,7 +21,6 @@ DAY_SECONDS = 86400
 
 class WindowConfig(dg.Config):
     as_of: Optional[float] = None  # epoch seconds the window ends at; default: now
-    builds: list[str] = []  # streaming runs: upsert just these builds, leave the rest (and the export) as is
 
 
 def window_days(since_epoch: int, until_epoch: int) -> list[str]:
@@ -40,8 +39,6 @@ def refresh_window(
 ) -> dg.MaterializeResult:
     now = int(config.as_of if config.as_of is not None else time.time())
     since = now - days * DAY_SECONDS
-    if config.builds:
-        return _upsert_window(context, table, since, config.builds, staging, warehouse)
     staged = set(staging.row_days())
     days_in = [d for d in window_days(since, now) if d in staged]
     files = [staging.rows_file(d) for d in days_in]
@@ -59,7 +56,7 @@ def refresh_window(
         )
     batches = (b for f in files for b in staging.row_batches(f.stem, since))
     export, exported, size = staging.write_export(f"build_{table}.json.gz", batches)
-    count = warehouse.replace_window(table, files, since, export)
+    count = warehouse.replace_window(table, files, since)
     staging.write_marker(marker, fingerprint)
     context.log.info(f"build_{table}: {count} builds finished since {since_text}; export {export} ({exported} rows)")
     return dg.MaterializeResult(
@@ -75,27 +72,16 @@ def refresh_window(
     )
 
 
-def _upsert_window(context, table, since, builds, staging, warehouse) -> dg.MaterializeResult:
-    """Streaming: the named builds' rows in or out of the window; the hourly refresh redoes the rest."""
-    first_day = datetime.fromtimestamp(since, tz=timezone.utc).date().isoformat()
-    files = [staging.rows_file(d) for d in staging.row_days() if d >= first_day]
-    upserted = warehouse.upsert_paths(table, files, builds, since)
-    context.log.info(f"build_{table}: {upserted} of {len(builds)} streamed builds are in the window")
-    return dg.MaterializeResult(metadata={"streamed_builds": len(builds), "upserted": upserted,
-                                          "dagster/row_count": warehouse.count(table),
-                                          "table": warehouse.describe(table)})
-
-
 WINDOWS = {"week": (7, "the 7 days"), "day": (1, "the day")}
 
 
-def _window_asset(build_rows: dg.AssetsDefinition, table: str) -> dg.AssetsDefinition:
+def _window_asset(table: str) -> dg.AssetsDefinition:
     days, span = WINDOWS[table]
 
     @dg.asset(
         name=f"build_{table}",
         group_name=WAREHOUSE_GROUP,
-        deps=[build_rows],
+        deps=["build_rows"],
         kinds={"duckdb", "bigquery"},
         pool="warehouse",
         code_version="1",
@@ -113,5 +99,5 @@ def _window_asset(build_rows: dg.AssetsDefinition, table: str) -> dg.AssetsDefin
     return window
 
 
-def make_window_assets(build_rows: dg.AssetsDefinition):
-    return _window_asset(build_rows, "week"), _window_asset(build_rows, "day")
+build_week = _window_asset("week")
+build_day = _window_asset("day")

@@ -221,10 +221,6 @@ class BuildColumns:
         return {"jobs": out_jobs, "cols": cols, "job_paths": job_paths}
 
 
-def builds_to_columns(builds: Iterable[Build]) -> dict:
-    return BuildColumns(builds).render()
-
-
 TRIAGE_FIELDS = ("key", "id", "text", "spans", "tests", "owner")
 
 

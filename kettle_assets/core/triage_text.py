@@ -119,11 +119,6 @@ def ngram_counts(text: str) -> np.ndarray:
     return counts
 
 
-def ngram_lower_bound(a: np.ndarray, b: np.ndarray) -> int:
-    """A lower bound of the edit distance: one edit changes at most 4 windows."""
-    return int(np.abs(a - b).sum()) // 4
-
-
 def cluster_id(counts: np.ndarray) -> str:
     """Triage's cluster id: sha1 of the key's counts written as `[c0, c1, ...]`, 20 hex digits."""
     return hashlib.sha1(("[" + ", ".join(str(int(c)) for c in counts) + "]").encode()).hexdigest()[:20]

@@ -23,8 +23,7 @@ from dagster_gcp import BigQueryResource
 from pydantic import Field, PrivateAttr
 
 from ..core.metrics import METRICS, TEST_RESULT_COLUMNS, test_results_select, to_bigquery
-from ..core.schema import bigquery_schema
-from .staging import CONTRACT_COLUMNS
+from ..core.schema import CONTRACT_COLUMNS, TIMESTAMP_COLUMNS, bigquery_schema
 from .warehouse import Warehouse
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -78,7 +77,7 @@ def load_lines(files: list[Path], since_epoch: int | None = None, paths: set[str
                     continue
                 row = {k: v for k, v in rec.items() if v is not None}
                 row["test"] = [{k: v for k, v in t.items() if v is not None} for t in rec["test"] or []]
-                for key in ("started", "finished"):
+                for key in TIMESTAMP_COLUMNS:
                     if key in row:
                         row[key] = _ts(row[key])
                 yield json.dumps(row, sort_keys=True).encode() + b"\n"
@@ -153,7 +152,7 @@ class BigQueryWarehouse(Warehouse):
             job.result(timeout=self.job_timeout_seconds, retry=self._retry())
             return int(job.output_rows or 0)
 
-    def replace_day(self, day: str, rows_file: Path, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
+    def replace_day(self, day: str, rows_file: Path) -> int:
         if not _DAY.fullmatch(day):
             raise ValueError(f"not a day: {day!r}")
         with self.bigquery.get_client() as client:
@@ -171,18 +170,18 @@ class BigQueryWarehouse(Warehouse):
             client.delete_table(scratch, not_found_ok=True, **self._calls())
         return loaded
 
-    def replace_window(self, table: str, rows_files: list[Path], since_epoch: int, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
+    def replace_window(self, table: str, rows_files: list[Path], since_epoch: int) -> int:
         assert table in ("week", "day"), table
         with self.bigquery.get_client() as client:
             self.ensure_tables(client)
             return self._load(client, load_lines(rows_files, since_epoch), self._table(table))
 
-    def upsert_paths(self, table: str, rows_files: list[Path], paths: list[str], since_epoch: int | None = None) -> int:
+    def upsert_builds(self, rows_file: Path, paths: list[str]) -> int:
+        table = "all"
         with self.bigquery.get_client() as client:
             self.ensure_tables(client)
             scratch = self._table(f"_kettle_upsert_{table}_{abs(hash(tuple(sorted(paths)))):x}")
-            files = [f for f in rows_files if f.exists()]
-            loaded = self._load(client, load_lines(files, since_epoch, set(paths)), scratch)
+            loaded = self._load(client, load_lines([rows_file], paths=set(paths)), scratch)
             listed = ", ".join(_sql_string(p) for p in sorted(paths))
             script = f"""
                 BEGIN TRANSACTION;

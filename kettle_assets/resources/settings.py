@@ -15,20 +15,18 @@ DEFAULT_ARTIFACT_URL = "https://gcsweb.k8s.io/gcs/{bucket}/{path}/"
 
 
 class KettleSettings(dg.ConfigurableResource):
-    """Settings every stage shares; `buckets_file` is Kettle's buckets.yaml."""
+    """Settings every stage shares; `buckets_file` is Kettle's buckets.yaml. Their defaults
+    are `project.Settings`'s, which builds this resource."""
 
     buckets_file: str = Field(description="Path to buckets.yaml.")
-    fetch_threads: int = Field(default=16, description="Bounded thread pool for artifact fetches.")
+    fetch_threads: int = Field(description="Bounded thread pool for artifact fetches.")
     max_junit_file_bytes: int = Field(
         default=256 * 1024 * 1024, description="JUnit files larger than this are skipped and counted."
     )
 
-    max_row_bytes: int = Field(
-        default=100 * 1024 * 1024, description="Rows larger than this (BigQuery's limit) are trimmed, never dropped."
-    )
+    max_row_bytes: int = Field(description="Rows larger than this (BigQuery's limit) are trimmed, never dropped.")
 
     artifact_url: str = Field(
-        default=DEFAULT_ARTIFACT_URL,
         description="Where a build's artifacts are browsed; {bucket} and {path} are filled from its gs:// path.",
     )
 

@@ -15,7 +15,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
 from ..core.metrics import TEST_RESULT_COLUMNS, test_results_select
-from ..core.schema import duckdb_columns
+from ..core.schema import duckdb_columns, duckdb_select_staged
 
 TABLES = ("all", "week", "day")
 WINDOWS = ("week", "day")
@@ -29,12 +29,7 @@ def _select_rows(files: list[Path], where: str = "TRUE") -> str:
     """Staged Parquet rows cast to the contract's types (epoch seconds to TIMESTAMP)."""
     file_list = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
     return f"""
-        SELECT path, job, number,
-               make_timestamp(started * 1000000) AS started,
-               make_timestamp(finished * 1000000) AS finished,
-               CAST(elapsed AS DOUBLE) AS elapsed,
-               passed, result, version, executor, repo_commit, repos,
-               metadata, test, tests_run, tests_failed
+        SELECT {duckdb_select_staged()}
         FROM read_parquet({file_list}, union_by_name = true)
         WHERE {where}
     """
@@ -43,15 +38,15 @@ def _select_rows(files: list[Path], where: str = "TRUE") -> str:
 class Warehouse(dg.ConfigurableResource):
     """Base of the warehouses: DuckDB locally, BigQuery in production."""
 
-    def replace_day(self, day: str, rows_file: Path, ndjson_file: Path | None = None) -> int:
+    def replace_day(self, day: str, rows_file: Path) -> int:
         raise NotImplementedError
 
-    def replace_window(self, table: str, rows_files: list[Path], since_epoch: int, ndjson_file: Path | None = None) -> int:
+    def replace_window(self, table: str, rows_files: list[Path], since_epoch: int) -> int:
         raise NotImplementedError
 
-    def upsert_paths(self, table: str, rows_files: list[Path], paths: list[str], since_epoch: int | None = None) -> int:
-        """Replace just these builds' rows in `table` (the streaming path): delete every row of
-        `paths`, insert those of them staged in `rows_files` (finished at or after `since_epoch`)."""
+    def upsert_builds(self, rows_file: Path, paths: list[str]) -> int:
+        """Replace just these builds' rows in `all`: delete every row of `paths`, insert those
+        of them staged in `rows_file`; returns the rows inserted."""
         raise NotImplementedError
 
     def count(self, table: str, where: str = "TRUE") -> int:
@@ -132,7 +127,7 @@ class DuckDBWarehouse(Warehouse):
                     conn.execute(f'CREATE VIEW "{window}" AS SELECT * FROM "all" WHERE FALSE')
         self._tables_ready = True
 
-    def replace_day(self, day: str, rows_file: Path, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
+    def replace_day(self, day: str, rows_file: Path) -> int:
         """Make `all` hold exactly the staged rows of `day`; returns the rows loaded."""
         return self._replace_in_transaction(
             f"""DELETE FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
@@ -156,7 +151,7 @@ class DuckDBWarehouse(Warehouse):
                 raise
         return int(loaded)
 
-    def replace_window(self, table: str, rows_files: list[Path], since_epoch: int, ndjson_file: Path | None = None) -> int:  # noqa: ARG002
+    def replace_window(self, table: str, rows_files: list[Path], since_epoch: int) -> int:
         """`week`/`day` are views of `all` with the window's start frozen at the refresh: the
         same rows a copied table would hold, without copying (DuckDB would hold the copy in memory)."""
         assert table in WINDOWS, table
@@ -168,23 +163,15 @@ class DuckDBWarehouse(Warehouse):
             )
             return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
 
-    def upsert_paths(self, table: str, rows_files: list[Path], paths: list[str], since_epoch: int | None = None) -> int:
-        assert table in TABLES, table
+    def upsert_builds(self, rows_file: Path, paths: list[str]) -> int:
         self.ensure_tables()
-        if table in WINDOWS:  # views of `all`: already current once `all` is
-            return self.count(table, "list_contains($paths, path)", {"paths": paths})
-        rows_files = [f for f in rows_files if f.exists()]
-        where = "list_contains($paths, path)" + (f" AND finished >= {int(since_epoch)}" if since_epoch is not None else "")
+        params = {"paths": paths}
         with self.duckdb.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.execute(f'DELETE FROM "{table}" WHERE list_contains($paths, path)', {"paths": paths})
-                inserted = 0
-                if rows_files:
-                    conn.execute(f'INSERT INTO "{table}" {_select_rows(rows_files, where)}', {"paths": paths})
-                    inserted = conn.execute(
-                        f'SELECT count(*) FROM "{table}" WHERE list_contains($paths, path)', {"paths": paths}
-                    ).fetchone()[0]
+                conn.execute('DELETE FROM "all" WHERE list_contains($paths, path)', params)
+                conn.execute(f'INSERT INTO "all" {_select_rows([rows_file], "list_contains($paths, path)")}', params)
+                inserted = conn.execute('SELECT count(*) FROM "all" WHERE list_contains($paths, path)', params).fetchone()[0]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

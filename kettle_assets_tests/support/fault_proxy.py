@@ -18,15 +18,36 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 
+class Faults:
+    """Which fault a request gets: each named fault for its share of requests (seeded, so a run
+    is repeatable), None for the rest. Shared by the fault proxy and the benchmark's GCS server."""
+
+    def __init__(self, shares: list[tuple[str, float]], seed: int):
+        self.shares = shares
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.counts: Counter = Counter()  # requests per fault chosen ("forward": none)
+
+    def choose(self) -> str | None:
+        with self.lock:
+            roll = self.rng.random()
+            fault = None
+            for name, share in self.shares:
+                if roll < share:
+                    fault = name
+                    break
+                roll -= share
+            self.counts[fault or "forward"] += 1
+        return fault
+
+
 class FaultProxy:
     def __init__(self, upstream: str, *, error_500=0.1, error_429=0.1, reset=0.05, stall=0.05,
                  stall_seconds=2.0, seed=1234):
         self.upstream = urlsplit(upstream)
-        self.shares = [("500", error_500), ("429", error_429), ("reset", reset), ("stall", stall)]
+        self.faults = Faults([("500", error_500), ("429", error_429), ("reset", reset), ("stall", stall)], seed)
+        self.counts = self.faults.counts
         self.stall_seconds = stall_seconds
-        self.rng = random.Random(seed)
-        self.lock = threading.Lock()
-        self.counts: Counter = Counter()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,7 +59,7 @@ class FaultProxy:
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                fault = proxy._choose()
+                fault = proxy.faults.choose()
                 if fault == "500" or fault == "429":
                     payload = b'{"error": {"code": %s, "message": "injected"}}' % fault.encode()
                     self.send_response(int(fault))
@@ -75,18 +96,6 @@ class FaultProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def _choose(self) -> str:
-        with self.lock:
-            roll = self.rng.random()
-            fault = "forward"
-            for name, share in self.shares:
-                if roll < share:
-                    fault = name
-                    break
-                roll -= share
-            self.counts[fault] += 1
-            return fault
 
     @property
     def url(self) -> str:
