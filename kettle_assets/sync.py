@@ -24,7 +24,6 @@ from .automation import (
 )
 from .launcher import RUN_PID_TAG
 from .project import Settings, build_assets, build_checks, build_resources
-from .resources.warehouse import DuckDBWarehouse
 
 LOG_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # `kettle sync` without -v: its own one line per stage on stdout, Dagster's log only in the runs
@@ -225,12 +224,10 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
         echo("[metrics] no new rows: unchanged")
     if not answers_pending and (export_dir / "triage").exists():
         echo("[clusters] no new rows: unchanged")
-    elif isinstance(resources["warehouse"], DuckDBWarehouse):  # the cluster tables are DuckDB-only so far
+    else:
         echo("[clusters] failure clusters of the window")
         result = materialize(refresh_failure_clusters_job, "failure clusters", run_config=log_config)
         summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
-    else:
-        echo("[clusters] skipped: failure clusters are not written to BigQuery yet")
     if answers_pending and len(summary.failures) == failures_before:
         staging.write_marker(ANSWERS_PENDING, "no")
     if settings.retention_days > 0:

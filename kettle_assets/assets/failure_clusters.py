@@ -20,7 +20,7 @@ import pyarrow as pa
 from ..core.clustering import ClusterOptions, cluster_stream
 from ..core.triage_output import BuildColumns, dumps, failure_data, key_hash, slices, summarize, test_key_rows
 from ..core.triage_text import cluster_id, ngram_counts
-from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window
+from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window, cluster_tables
 from ..resources.staging import StagingStore
 from ..resources.warehouse import Warehouse
 from .common import WAREHOUSE_GROUP, md_table
@@ -70,7 +70,7 @@ def _columns(rows: list[dict], names: list[str]) -> dict[str, list]:
 
 
 def run_failure_clusters(context, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse):
-    tables = ClusterTables(warehouse)
+    tables = cluster_tables(warehouse)
     options = ClusterOptions(rules=config.rules, max_distance_checks=config.max_distance_checks)
     if not tables.has_test_results():
         context.log.warning("failure_clusters: no table test_results in the warehouse yet; nothing to cluster")
