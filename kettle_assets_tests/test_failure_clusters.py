@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import random
+import shutil
 import sys
 import zlib
 from datetime import date, datetime, timedelta, timezone
@@ -220,6 +221,10 @@ def _home(tmp_path: Path, results: list[tuple], builds: list[tuple]) -> tuple[Du
     return warehouse, StagingStore(home=str(tmp_path))
 
 
+def _home_at(folder: Path) -> tuple[DuckDBWarehouse, StagingStore]:
+    return DuckDBWarehouse(duckdb=DuckDBResource(database=str(folder / "warehouse.duckdb"))), StagingStore(home=str(folder))
+
+
 def _materialize(warehouse, staging, **config):
     result = dg.materialize([failure_clusters], resources={"warehouse": warehouse, "staging": staging},
                             run_config={"ops": {"failure_clusters": {"config": config}}})
@@ -321,9 +326,21 @@ def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
         before = dict(conn.execute("SELECT key_hash, cluster_id FROM failure_clusters").fetchall())
         conn.executemany("INSERT INTO test_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          [r for r in results if r[3].date() == last])
+    # The same increment without the kept tokens of each test key and day: it tokenises every
+    # failure, and must write the same bytes.
+    shutil.copytree(tmp_path, tmp_path / "without-tokens", ignore=shutil.ignore_patterns("without-tokens"))
+    (tmp_path / "without-tokens" / "staging" / "failure_clusters" / "group_tokens.parquet").unlink()
     meta = _materialize(warehouse, staging)
     assert meta["mode"].value == "incremental"
     assert meta["new_failures"].value == sum(1 for r in results if r[3].date() == last)
+    assert meta["tokenized_failures"].value < 2 * meta["new_failures"].value
+    bare = _home_at(tmp_path / "without-tokens")
+    bare_meta = _materialize(*bare)
+    assert bare_meta["mode"].value == "incremental" and bare_meta["tokenized_failures"].value == meta["failures"].value
+    assert bare_meta["failure_data_sha1"].value == meta["failure_data_sha1"].value
+    bare_slices = tmp_path / "without-tokens" / "export" / "triage" / "slices"
+    for path in (out.parent / "slices").iterdir():
+        assert (bare_slices / path.name).read_bytes() == path.read_bytes(), path.name
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
         after = dict(conn.execute("SELECT key_hash, cluster_id FROM failure_clusters").fetchall())
     assert all(after[k] == before[k] for k in before.keys() & after.keys())

@@ -10,15 +10,18 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..core.clustering import ClusterOptions, cluster_stream
-from ..core.triage_output import BuildColumns, dumps, failure_data, key_hash, slices, summarize, test_key_rows
+from ..core.triage_output import (
+    BuildColumns, GroupTokens, dumps, failure_data, key_hash, slices, summarize, test_key_rows)
 from ..core.triage_text import cluster_id, ngram_counts
 from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window, cluster_tables
 from ..resources.staging import StagingStore
@@ -26,6 +29,7 @@ from ..resources.warehouse import Warehouse
 from .common import WAREHOUSE_GROUP, md_table
 
 OPTIONS_MARKER = "failure_clusters.options"
+TOKENS_MARKER = "failure_clusters.group_tokens"  # the token of the group tokens file the tables go with
 PARALLEL_FROM = 20_000  # failures in the window from which normalising is worth worker processes
 
 
@@ -93,13 +97,18 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
         context.log.warning(f"failure_clusters: {unnamed} failed tests without a name in the window, left out")
     workers = config.workers if sum(n for _, _, n in chunks) >= PARALLEL_FROM else 1
     started = time.monotonic()
-    clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash)), previous_global,
-                                options, workers)
+    clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash, kept_texts=False)),
+                                previous_global, options, workers)
     clustered_seconds = time.monotonic() - started
     builds = tables.builds(window)
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
     membership = _Membership(tables, clustering)
-    summary = summarize(membership.rows(tables.failures(window, chunks)), builds, owners)
+    group_tokens = _GroupTokensFile(staging, staging.read_marker(TOKENS_MARKER) if previous is not None else None)
+    started = time.monotonic()
+    summary = summarize(membership.rows(tables.failures(window, chunks, local_by_hash)), builds, owners,
+                        previous=group_tokens.read(), keep=group_tokens.write)
+    group_tokens.close()
+    summary_seconds = time.monotonic() - started
     columns = BuildColumns(builds.values())
     data = failure_data(summary, columns)
 
@@ -113,7 +122,10 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
     tables.replace(clusters_table, pa.table(test_key_rows(clustering)))
     staging.write_marker(OPTIONS_MARKER, fingerprint)
+    staging.write_marker(TOKENS_MARKER, group_tokens.token)
+    started = time.monotonic()
     sizes = write_triage_files(staging.export_dir / "triage", data, columns)
+    render_seconds = time.monotonic() - started
     failures_total = len(clustering.local_ids)
 
     flaky = sum(c["flaky_failures"] for c in summary.clusters)
@@ -138,6 +150,9 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
             "bound_hits": clustering.bound_hits,
             "max_distance_checks": options.max_distance_checks,
             "clustering_seconds": round(clustered_seconds, 2),
+            "summary_seconds": round(summary_seconds, 2),
+            "render_seconds": round(render_seconds, 2),
+            "tokenized_failures": summary.tokenized_failures,
             **sizes,
             "tables": ", ".join(tables.describe(t) for t in (CLUSTERS, FAILURES, DAYS, TEST_KEYS)),
             "top_clusters": dg.MetadataValue.md(md_table(
@@ -177,9 +192,56 @@ class _Membership:
             if len(batch["path"]) == 20_000:
                 self.tables.append_failures(pa.table(batch))
                 batch = {c: [] for c in self.COLUMNS}
-            yield failure, facts, self.cluster_keys[local_id]
+            yield failure, facts, self.cluster_keys[local_id], self.clustering.local_keys[local_id][1]
         if batch["path"]:
             self.tables.append_failures(pa.table(batch))
+
+
+class _GroupTokensFile:
+    """The common tokens of each test key and day (`GroupTokens`), kept in staging for the next run.
+
+    A file is used only by the run after the one that wrote it: its token must equal the marker
+    written after the tables, so a run that crashed in between leaves a file nobody reads.
+    """
+
+    SCHEMA = pa.schema([("test", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int32()),
+                        ("failures", pa.int64()), ("tokens", pa.list_(pa.string()))])
+    BATCH = 5_000
+
+    def __init__(self, staging: StagingStore, expected_token: str | None):
+        self.path = staging.root / "failure_clusters" / "group_tokens.parquet"
+        self.token = uuid.uuid4().hex
+        self._expected = expected_token
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self._tmp, self.SCHEMA.with_metadata({"token": self.token}),
+                                        compression="zstd")
+        self._rows: list[GroupTokens] = []
+
+    def read(self) -> Iterator[GroupTokens]:
+        if self._expected is None or not self.path.exists():
+            return
+        source = pq.ParquetFile(self.path)
+        if (source.schema_arrow.metadata or {}).get(b"token", b"").decode() != self._expected:
+            return
+        for batch in source.iter_batches(batch_size=self.BATCH):
+            yield from (GroupTokens(*row) for row in zip(*(batch.column(i).to_pylist() for i in range(5))))
+
+    def write(self, group: GroupTokens) -> None:
+        self._rows.append(group)
+        if len(self._rows) == self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(pa.Table.from_arrays(
+                [pa.array([getattr(g, f.name) for g in self._rows], f.type) for f in self.SCHEMA], schema=self.SCHEMA))
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        os.replace(self._tmp, self.path)
 
 
 def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:

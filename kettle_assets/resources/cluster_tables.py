@@ -112,18 +112,26 @@ class ClusterTables:
         """Failed tests without a name: they cannot be clustered by test, so they are counted."""
         raise NotImplementedError
 
-    def failures(self, window: Window, chunks: list[tuple], previous: dict[tuple[str, str], str] | None = None
-                 ) -> Iterator[tuple[Failure, FailureFacts]]:
+    def failures(self, window: Window, chunks: list[tuple], previous: dict[tuple[str, str], str] | None = None,
+                 kept_texts: bool = True) -> Iterator[tuple[Failure, FailureFacts]]:
         """The window's failed tests in stream order (test, started, build path, ordinal), each with
-        the local key `previous` (keyed by (test, local key hash)) gave it."""
-        rows = self._failure_rows(window, chunks, with_previous=bool(previous))
+        the local key `previous` (keyed by (test, local key hash)) gave it; without `kept_texts`,
+        a failure that has one comes without its text (the clustering does not need it)."""
+        rows = self._failure_rows(window, chunks, with_previous=bool(previous), kept_texts=kept_texts)
         previous = previous or {}
         for path, name, seq, text, job, number, started, flaky, local_hash in rows:
             kept = previous.get((name, local_hash)) if local_hash is not None else None
+            if text is None:
+                if kept is None:  # the tables are written together, so this cannot happen short of a bug
+                    raise RuntimeError(f"failure ({path}, {name}, {seq}) has a previous key hash but no key")
+                text = ""
             yield (Failure((path, name, seq), name, path, text, started, kept),
                    FailureFacts(job=job, number=number, started=started, flaky=flaky))
 
-    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool) -> Iterator[tuple]:
+    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool, kept_texts: bool
+                      ) -> Iterator[tuple]:
+        """Rows (path, name, seq, text, job, number, started, flaky, previous local key hash); text
+        None for a failure with a previous key hash unless `kept_texts`."""
         raise NotImplementedError
 
     def builds(self, window: Window) -> dict[str, Build]:
@@ -215,10 +223,14 @@ class DuckDBClusterTables(ClusterTables):
             return conn.execute(f"SELECT count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NULL",
                                 window.params()).fetchone()[0]
 
-    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool) -> Iterator[tuple]:
+    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool, kept_texts: bool
+                      ) -> Iterator[tuple]:
         with self.warehouse.duckdb.get_connection() as conn:
             if with_previous and FAILURES in self._present(conn):
-                sql = (f"SELECT f.*, m.local_key_hash FROM ({self._FAILED}) f LEFT JOIN {FAILURES} m "
+                text = "f.failure_text" if kept_texts else \
+                    "CASE WHEN m.local_key_hash IS NULL THEN f.failure_text END"
+                sql = (f"SELECT f.path, f.name, f.seq, {text}, f.job, f.number, f.started, f.flaky, m.local_key_hash "
+                       f"FROM ({self._FAILED}) f LEFT JOIN {FAILURES} m "
                        f"ON m.path = f.path AND m.name = f.name AND m.seq = f.seq {self.ORDER}")
             else:
                 sql = f"SELECT f.*, NULL AS local_key_hash FROM ({self._FAILED}) f {self.ORDER}"
@@ -350,7 +362,7 @@ class BigQueryClusterTables(ClusterTables):
                 SELECT DISTINCT job, `commit`, name FROM w WHERE NOT failed AND `commit` IS NOT NULL
             ), f AS (
                 SELECT w.path, w.name,
-                       row_number() OVER (PARTITION BY w.path, w.name ORDER BY w.failure_text) - 1 AS seq,
+                       row_number() OVER (PARTITION BY w.path, w.name ORDER BY w.failure_text NULLS LAST) - 1 AS seq,
                        coalesce(w.failure_text, '') AS failure_text, coalesce(w.job, '') AS job, w.number,
                        UNIX_SECONDS(w.started) AS started, p.job IS NOT NULL AS flaky
                 FROM w LEFT JOIN passed p ON p.job = w.job AND p.`commit` = w.`commit` AND p.name = w.name
@@ -368,10 +380,14 @@ class BigQueryClusterTables(ClusterTables):
             f"SELECT count(*) FROM {self._table('test_results')} WHERE {self._WINDOW} AND failed AND name IS NULL",
             window.params())))[0]
 
-    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool) -> Iterator[tuple]:
+    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool, kept_texts: bool
+                      ) -> Iterator[tuple]:
+        text = "failure_text" if kept_texts or not with_previous else \
+            "CASE WHEN local_key_hash IS NULL THEN failure_text END"
+        local = "local_key_hash" if with_previous else "CAST(NULL AS STRING)"
         for lo, hi, _ in chunks:
             yield from (tuple(r) for r in self._query(
-                f"""SELECT path, name, seq, failure_text, job, number, started, flaky, local_key_hash
+                f"""SELECT path, name, seq, {text}, job, number, started, flaky, {local}
                     FROM {self._table(self.INPUT)} WHERE test_no BETWEEN @lo AND @hi
                     ORDER BY name, started, path, seq""", {"lo": lo, "hi": hi}, page_size=BATCH_ROWS))
 
