@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Collection, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -73,7 +73,7 @@ class GroupTokens(NamedTuple):
     local_key_hash: str
     day: int  # days since 1970-01-01
     failures: int
-    tokens: list[str]
+    tokens: Collection[str]  # in no particular order
 
 
 class _Groups:
@@ -129,7 +129,7 @@ def summarize(
                 tokenized += len(texts)
             cluster.common = tokens if cluster.common is None else cluster.common & tokens
             if keep is not None:
-                keep(GroupTokens(test, local_hash, day, count, sorted(tokens)))
+                keep(GroupTokens(test, local_hash, day, count, tokens))
 
     for failure, facts, key, local in rows:
         if failure.test != test:
