@@ -260,7 +260,7 @@ def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:
     name="failure_clusters",
     group_name=WAREHOUSE_GROUP,
     deps=[dg.AssetKey("test_results"), dg.AssetKey("build_all")],
-    kinds={"duckdb"},
+    kinds={"duckdb", "bigquery", "json"},
     pool="warehouse",
     code_version="1",
     # Eager, but not held back by the many day partitions of the inputs that never ran.
