@@ -308,6 +308,24 @@ def test_failure_data_json_has_triage_exact_shape(tmp_path):
         assert conn.execute("SELECT count(*) FROM failure_cluster_failures").fetchone()[0] == 4
 
 
+def test_a_failure_is_flaky_only_where_the_test_passed_at_the_same_job_and_known_commit(tmp_path):
+    logs = "gs://k/logs/" + JOB
+    results = [
+        _row(f"{logs}/1", JOB, 1, 0, "TestA", True, "boom one", commit="unknown"),
+        _row(f"{logs}/2", JOB, 2, 0, "TestA", False, commit="unknown"),  # Kettle's unknown version: no commit
+        _row(f"{logs}/1", JOB, 1, 0, "TestB", True, "boom two", commit="unknown"),
+        _row(f"{logs}/3", JOB, 3, 0, "TestB", True, "boom two", commit="c5"),
+        _row(f"{logs}/4", JOB, 4, 0, "TestB", False, commit="c5"),
+        _row(f"{logs}/5", PR_JOB, 5, 0, "TestB", False, commit="c6"),
+        _row(f"{logs}/6", JOB, 6, 0, "TestB", True, "boom two", commit="c6"),  # passed at c6, but in another job
+    ]
+    warehouse, staging = _home(tmp_path, results, [_build(f"{logs}/{n}", JOB, n, 0) for n in range(1, 7)])
+    assert _materialize(warehouse, staging)["flaky_failures"].value == 1
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT path, name FROM failure_cluster_failures WHERE flaky").fetchall() == [
+            (f"{logs}/3", "TestB")]
+
+
 def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
     corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
     results, builds = [], {}

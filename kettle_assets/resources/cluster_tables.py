@@ -5,7 +5,9 @@ same job and commit) and their builds from `all`; reads and replaces the cluster
 are also the state an incremental run starts from:
 
 - `failure_clusters`: one row per cluster (key, triage id, owner, counts, first/last seen).
-- `failure_cluster_failures`: one row per failed test of the window, with its cluster.
+- `failure_cluster_failures`: one row per failed test of the window, with its cluster and whether
+  it is flaky (the same test passed in the window at the same job and known commit; Kettle's
+  `unknown` version is no commit).
 - `failure_cluster_days`: per cluster and UTC day, failures, flaky failures, builds, tests, jobs.
 - `failure_cluster_test_keys`: each test's own cluster keys (the first clustering level).
 
@@ -189,7 +191,7 @@ class DuckDBClusterTables(ClusterTables):
         WITH w AS (
             SELECT * FROM test_results WHERE {_WINDOW} AND name BETWEEN $lo AND $hi
         ), passed AS (
-            SELECT DISTINCT job, "commit", name FROM w WHERE NOT failed AND "commit" IS NOT NULL
+            SELECT DISTINCT job, "commit", name FROM w WHERE NOT failed AND "commit" IS NOT NULL AND "commit" <> 'unknown'
         )
         SELECT w.path, w.name,
                row_number() OVER (PARTITION BY w.path, w.name ORDER BY w.failure_text) - 1 AS seq,
@@ -359,7 +361,7 @@ class BigQueryClusterTables(ClusterTables):
             WITH w AS (
                 SELECT * FROM {self._table('test_results')} WHERE {self._WINDOW} AND name IS NOT NULL
             ), passed AS (
-                SELECT DISTINCT job, `commit`, name FROM w WHERE NOT failed AND `commit` IS NOT NULL
+                SELECT DISTINCT job, `commit`, name FROM w WHERE NOT failed AND `commit` IS NOT NULL AND `commit` <> 'unknown'
             ), f AS (
                 SELECT w.path, w.name,
                        row_number() OVER (PARTITION BY w.path, w.name ORDER BY w.failure_text NULLS LAST) - 1 AS seq,
