@@ -111,6 +111,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     group_tokens.close()
     summary_seconds = time.monotonic() - started
     columns = BuildColumns(builds.values())
+    del builds, membership  # one object per build: the largest thing held while the JSON is written
     data = failure_data(summary, columns)
 
     cluster_cols = ["id", "key_hash", "key", "text", "owner", "failures", "flaky_failures", "first_seen", "last_seen"]
