@@ -99,11 +99,15 @@ def stage(name: str, failures: int, workdir: Path) -> dict:
         return {"text_mb": round(sum(len(f.text) for f in rows) / 1e6, 1)}
     wall, meta = _run(home, full=(name == "cold"))
     meta["wall"] = round(wall, 1)
-    meta["rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6)
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU of the whole stage process (imports included) and of its normalising workers. Not the
+    # workers' peak RSS: a child's ru_maxrss counts the parent's pages between fork and exec.
+    meta["cpu"] = round(own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime, 1)
+    meta["rss_mb"] = round(own.ru_maxrss * 1024 / 1e6)
     return meta
 
 
-def one_scale(failures: int, workdir: Path) -> dict:
+def one_scale(failures: int, workdir: Path, reuse_load: bool = False) -> dict:
     def run(name: str) -> dict:
         out = subprocess.run([sys.executable, __file__, "--failures", str(failures), "--stage", name,
                               "--workdir", str(workdir)], capture_output=True, text=True)
@@ -111,19 +115,28 @@ def one_scale(failures: int, workdir: Path) -> dict:
             raise SystemExit(f"stage {name} failed:\n{out.stderr[-4000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    loaded = run("load")
+    done = workdir / f"home-{failures}" / "loaded.json"
+    if reuse_load and done.exists():
+        loaded = json.loads(done.read_text())
+    else:
+        loaded = run("load")
+        done.write_text(json.dumps(loaded))
     cold = run("cold")
     run("load_day")
     inc = run("increment")
     return {
         "failures": cold["failures"], "text_mb": loaded["text_mb"],
-        "cold_wall": cold["wall"], "cold_clustering": cold["clustering_seconds"], "cold_rss_mb": cold["rss_mb"],
+        "cold_wall": cold["wall"], "cold_cpu": cold["cpu"], "cold_clustering": cold["clustering_seconds"],
+        "cold_summary": cold["summary_seconds"], "cold_render": cold["render_seconds"],
+        "cold_rss_mb": cold["rss_mb"],
         "clusters": cold["clusters"], "clusters_in_triage": cold["clusters_in_triage"],
         "distance_checks": cold["distance_checks"], "bound_hits": cold["bound_hits"],
         "failure_data_mb": round(cold["failure_data_bytes"] / 1e6, 2),
         "largest_slice_mb": round(cold["largest_slice_bytes"] / 1e6, 2),
         "increment_new": inc["new_failures"], "increment_kept": inc["kept_failures"],
-        "increment_wall": inc["wall"], "increment_clustering": inc["clustering_seconds"],
+        "increment_wall": inc["wall"], "increment_cpu": inc["cpu"], "increment_clustering": inc["clustering_seconds"],
+        "increment_summary": inc["summary_seconds"], "increment_render": inc["render_seconds"],
+        "increment_tokenized": inc["tokenized_failures"],
         "increment_rss_mb": inc["rss_mb"], "mode": inc["mode"],
     }
 
@@ -135,6 +148,7 @@ def main() -> None:
     parser.add_argument("--scales", default="50000")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--write-results", action="store_true")
+    parser.add_argument("--reuse-load", action="store_true", help="keep a home loaded by an earlier run in --workdir")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kettle-clusters-"))
     if args.stage:
@@ -142,7 +156,7 @@ def main() -> None:
         return
     rows = []
     for n in ([args.failures] if args.failures else (int(s) for s in args.scales.split(","))):
-        rows.append(one_scale(n, workdir))
+        rows.append(one_scale(n, workdir, args.reuse_load))
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(workdir / f"home-{n}", ignore_errors=True)
     if args.write_results:
@@ -151,12 +165,19 @@ def main() -> None:
 
 LABELS = [
     ("failures", "failures in the 14-day window"), ("text_mb", "failure text (MB)"),
-    ("cold_wall", "from scratch: wall (s), asset run through Dagster"), ("cold_clustering", "  of which clustering (s)"),
-    ("cold_rss_mb", "from scratch: peak RSS (MB)"), ("clusters", "clusters (all / in failure_data.json)"),
+    ("cold_wall", "from scratch: wall (s), asset run through Dagster"), ("cold_cpu", "from scratch: CPU (s), with workers"),
+    ("cold_clustering", "  of which clustering (s)"), ("cold_summary", "  of which describing the clusters (s)"),
+    ("cold_render", "  of which writing failure_data.json and slices (s)"),
+    ("cold_rss_mb", "from scratch: peak RSS (MB)"),
+    ("clusters", "clusters (all / in failure_data.json)"),
     ("distance_checks", "exact edit distances computed"), ("bound_hits", "texts that hit the size bound"),
     ("failure_data_mb", "failure_data.json (MB)"), ("largest_slice_mb", "largest slice (MB)"),
     ("increment_new", "daily increment: new / kept failures"), ("increment_wall", "daily increment: wall (s)"),
-    ("increment_clustering", "  of which clustering (s)"), ("increment_rss_mb", "daily increment: peak RSS (MB)"),
+    ("increment_cpu", "daily increment: CPU (s)"), ("increment_clustering", "  of which clustering (s)"),
+    ("increment_summary", "  of which describing the clusters (s)"),
+    ("increment_tokenized", "  failures tokenised for the spans"),
+    ("increment_render", "  of which writing failure_data.json and slices (s)"),
+    ("increment_rss_mb", "daily increment: peak RSS (MB)"),
 ]
 
 

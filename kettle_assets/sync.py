@@ -251,12 +251,10 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
         echo("[metrics] no new rows: unchanged")
     if not answers_pending and (export_dir / "triage").exists():
         echo("[clusters] no new rows: unchanged")
-    elif isinstance(resources["warehouse"], DuckDBWarehouse):  # the cluster tables are DuckDB-only so far
+    else:
         echo("[clusters] failure clusters of the window")
         result = materialize(refresh_failure_clusters_job, "failure clusters", run_config=log_config)
         summary.clusters = _metadata(result, "failure_clusters").get("clusters", 0)
-    else:
-        echo("[clusters] skipped: failure clusters are not written to BigQuery yet")
     report_index = Path(settings.home).resolve() / "report" / report_links.INDEX
     if not answers_pending and report_index.exists():
         echo("[report] no new rows: unchanged")

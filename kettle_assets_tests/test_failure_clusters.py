@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import random
+import shutil
 import sys
 import zlib
 from datetime import date, datetime, timedelta, timezone
@@ -223,6 +224,10 @@ def _home(tmp_path: Path, results: list[tuple], builds: list[tuple]) -> tuple[Du
     return warehouse, StagingStore(home=str(tmp_path))
 
 
+def _home_at(folder: Path) -> tuple[DuckDBWarehouse, StagingStore]:
+    return DuckDBWarehouse(duckdb=DuckDBResource(database=str(folder / "warehouse.duckdb"))), StagingStore(home=str(folder))
+
+
 def _materialize(warehouse, staging, **config):
     resources = {"warehouse": warehouse, "staging": staging, "settings": settings_resource(Settings(buckets_file=str(BUCKETS)))}
     result = dg.materialize([failure_clusters], resources=resources,
@@ -307,6 +312,24 @@ def test_failure_data_json_has_triage_exact_shape(tmp_path):
         assert conn.execute("SELECT count(*) FROM failure_cluster_failures").fetchone()[0] == 4
 
 
+def test_a_failure_is_flaky_only_where_the_test_passed_at_the_same_job_and_known_commit(tmp_path):
+    logs = "gs://k/logs/" + JOB
+    results = [
+        _row(f"{logs}/1", JOB, 1, 0, "TestA", True, "boom one", commit="unknown"),
+        _row(f"{logs}/2", JOB, 2, 0, "TestA", False, commit="unknown"),  # Kettle's unknown version: no commit
+        _row(f"{logs}/1", JOB, 1, 0, "TestB", True, "boom two", commit="unknown"),
+        _row(f"{logs}/3", JOB, 3, 0, "TestB", True, "boom two", commit="c5"),
+        _row(f"{logs}/4", JOB, 4, 0, "TestB", False, commit="c5"),
+        _row(f"{logs}/5", PR_JOB, 5, 0, "TestB", False, commit="c6"),
+        _row(f"{logs}/6", JOB, 6, 0, "TestB", True, "boom two", commit="c6"),  # passed at c6, but in another job
+    ]
+    warehouse, staging = _home(tmp_path, results, [_build(f"{logs}/{n}", JOB, n, 0) for n in range(1, 7)])
+    assert _materialize(warehouse, staging)["flaky_failures"].value == 1
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT path, name FROM failure_cluster_failures WHERE flaky").fetchall() == [
+            (f"{logs}/3", "TestB")]
+
+
 def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
     corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
     results, builds = [], {}
@@ -325,9 +348,21 @@ def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
         before = dict(conn.execute("SELECT key_hash, cluster_id FROM failure_clusters").fetchall())
         conn.executemany("INSERT INTO test_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          [r for r in results if r[3].date() == last])
+    # The same increment without the kept tokens of each test key and day: it tokenises every
+    # failure, and must write the same bytes.
+    shutil.copytree(tmp_path, tmp_path / "without-tokens", ignore=shutil.ignore_patterns("without-tokens"))
+    (tmp_path / "without-tokens" / "staging" / "failure_clusters" / "group_tokens.parquet").unlink()
     meta = _materialize(warehouse, staging)
     assert meta["mode"].value == "incremental"
     assert meta["new_failures"].value == sum(1 for r in results if r[3].date() == last)
+    assert meta["tokenized_failures"].value < 2 * meta["new_failures"].value
+    bare = _home_at(tmp_path / "without-tokens")
+    bare_meta = _materialize(*bare)
+    assert bare_meta["mode"].value == "incremental" and bare_meta["tokenized_failures"].value == meta["failures"].value
+    assert bare_meta["failure_data_sha1"].value == meta["failure_data_sha1"].value
+    bare_slices = tmp_path / "without-tokens" / "export" / "triage" / "slices"
+    for path in (out.parent / "slices").iterdir():
+        assert (bare_slices / path.name).read_bytes() == path.read_bytes(), path.name
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
         after = dict(conn.execute("SELECT key_hash, cluster_id FROM failure_clusters").fetchall())
     assert all(after[k] == before[k] for k in before.keys() & after.keys())

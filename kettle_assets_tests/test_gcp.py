@@ -2,6 +2,7 @@
 
 import time
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -73,6 +74,10 @@ def test_gcp_sync_gives_the_local_rows_and_is_idempotent(servers, synced, tmp_pa
     # the Kettle-format exports are byte-identical too
     for f in sorted((synced.home / "export" / "all").glob("*.json.gz")):
         assert (tmp_path / "home" / "export" / "all" / f.name).read_bytes() == f.read_bytes()
+    # and so are triage's failure clusters, written to BigQuery's cluster tables
+    assert first.clusters > 0
+    triage = Path("export") / "triage" / "failure_data.json"
+    assert (tmp_path / "home" / triage).read_bytes() == (synced.home / triage).read_bytes()
     for table in ("week", "day"):
         assert {r["path"] for r in bigquery_rows(settings, table)} == {
             r[0] for r in synced.query(f'SELECT path FROM "{table}"')

@@ -10,17 +10,21 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import dagster as dg
+import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..core.clustering import ClusterOptions, cluster_stream
-from ..core.triage_output import BuildColumns, dumps, failure_data, key_hash, slices, summarize, test_key_rows
+from ..core.triage_output import (
+    BuildColumns, GroupTokens, dumps, failure_data, key_hash, slices, summarize, test_key_rows)
 from ..core.triage_text import cluster_id, ngram_counts
-from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window
+from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window, cluster_tables
 from ..core import report_links
 from ..resources.settings import KettleSettings
 from ..resources.staging import StagingStore
@@ -29,6 +33,7 @@ from .common import WAREHOUSE_GROUP, md_table
 from .links import report_link
 
 OPTIONS_MARKER = "failure_clusters.options"
+TOKENS_MARKER = "failure_clusters.group_tokens"  # the token of the group tokens file the tables go with
 PARALLEL_FROM = 20_000  # failures in the window from which normalising is worth worker processes
 
 
@@ -74,7 +79,7 @@ def _columns(rows: list[dict], names: list[str]) -> dict[str, list]:
 
 def run_failure_clusters(context, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse,
                          report: dg.MetadataValue | None = None):
-    tables = ClusterTables(warehouse)
+    tables = cluster_tables(warehouse)
     options = ClusterOptions(rules=config.rules, max_distance_checks=config.max_distance_checks)
     if not tables.has_test_results():
         context.log.warning("failure_clusters: no table test_results in the warehouse yet; nothing to cluster")
@@ -97,14 +102,20 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
         context.log.warning(f"failure_clusters: {unnamed} failed tests without a name in the window, left out")
     workers = config.workers if sum(n for _, _, n in chunks) >= PARALLEL_FROM else 1
     started = time.monotonic()
-    clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash)), previous_global,
-                                options, workers)
+    clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash, kept_texts=False)),
+                                previous_global, options, workers)
     clustered_seconds = time.monotonic() - started
     builds = tables.builds(window)
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
     membership = _Membership(tables, clustering)
-    summary = summarize(membership.rows(tables.failures(window, chunks)), builds, owners)
+    group_tokens = _GroupTokensFile(staging, staging.read_marker(TOKENS_MARKER) if previous is not None else None)
+    started = time.monotonic()
+    summary = summarize(membership.rows(tables.failures(window, chunks, local_by_hash)), builds, owners,
+                        previous=group_tokens.read(), keep=group_tokens.write)
+    group_tokens.close()
+    summary_seconds = time.monotonic() - started
     columns = BuildColumns(builds.values())
+    del builds, membership  # one object per build: the largest thing held while the JSON is written
     data = failure_data(summary, columns)
 
     cluster_cols = ["id", "key_hash", "key", "text", "owner", "failures", "flaky_failures", "first_seen", "last_seen"]
@@ -117,7 +128,10 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
     tables.replace(clusters_table, pa.table(test_key_rows(clustering)))
     staging.write_marker(OPTIONS_MARKER, fingerprint)
+    staging.write_marker(TOKENS_MARKER, group_tokens.token)
+    started = time.monotonic()
     sizes = write_triage_files(staging.export_dir / "triage", data, columns)
+    render_seconds = time.monotonic() - started
     failures_total = len(clustering.local_ids)
 
     flaky = sum(c["flaky_failures"] for c in summary.clusters)
@@ -142,6 +156,9 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
             "bound_hits": clustering.bound_hits,
             "max_distance_checks": options.max_distance_checks,
             "clustering_seconds": round(clustered_seconds, 2),
+            "summary_seconds": round(summary_seconds, 2),
+            "render_seconds": round(render_seconds, 2),
+            "tokenized_failures": summary.tokenized_failures,
             **sizes,
             "tables": ", ".join(tables.describe(t) for t in (CLUSTERS, FAILURES, DAYS, TEST_KEYS)),
             **({"report": report} if report is not None else {}),
@@ -182,9 +199,60 @@ class _Membership:
             if len(batch["path"]) == 20_000:
                 self.tables.append_failures(pa.table(batch))
                 batch = {c: [] for c in self.COLUMNS}
-            yield failure, facts, self.cluster_keys[local_id]
+            yield failure, facts, self.cluster_keys[local_id], self.clustering.local_keys[local_id][1]
         if batch["path"]:
             self.tables.append_failures(pa.table(batch))
+
+
+class _GroupTokensFile:
+    """The common tokens of each test key and day (`GroupTokens`), kept in staging for the next run.
+
+    A file is used only by the run after the one that wrote it: its token must equal the marker
+    written after the tables, so a run that crashed in between leaves a file nobody reads.
+    """
+
+    # tokens as a JSON array: ten times faster to write than an Arrow list of strings
+    SCHEMA = pa.schema([("test", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int32()),
+                        ("failures", pa.int64()), ("tokens", pa.binary())])
+    BATCH = 5_000
+
+    def __init__(self, staging: StagingStore, expected_token: str | None):
+        self.path = staging.root / "failure_clusters" / "group_tokens.parquet"
+        self.token = uuid.uuid4().hex
+        self._expected = expected_token
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self._tmp, self.SCHEMA.with_metadata({"token": self.token}),
+                                        compression="zstd")
+        self._rows: list[GroupTokens] = []
+
+    def read(self) -> Iterator[GroupTokens]:
+        if self._expected is None or not self.path.exists():
+            return
+        source = pq.ParquetFile(self.path)
+        if (source.schema_arrow.metadata or {}).get(b"token", b"").decode() != self._expected:
+            return
+        for batch in source.iter_batches(batch_size=self.BATCH):
+            for test, local, day, failures, tokens in zip(*(batch.column(i).to_pylist() for i in range(5))):
+                yield GroupTokens(test, local, day, failures, orjson.loads(tokens))
+
+    def write(self, group: GroupTokens) -> None:
+        self._rows.append(group)
+        if len(self._rows) == self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            columns = list(zip(*self._rows))
+            columns[4] = [orjson.dumps(list(tokens)) for tokens in columns[4]]
+            self._writer.write_table(pa.Table.from_arrays(
+                [pa.array(values, f.type) for values, f in zip(columns, self.SCHEMA)], schema=self.SCHEMA))
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        os.replace(self._tmp, self.path)
 
 
 def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:
@@ -198,7 +266,7 @@ def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:
     name="failure_clusters",
     group_name=WAREHOUSE_GROUP,
     deps=[dg.AssetKey("test_results"), dg.AssetKey("build_all")],
-    kinds={"duckdb"},
+    kinds={"duckdb", "bigquery", "json"},
     pool="warehouse",
     code_version="1",
     # Eager, but not held back by the many day partitions of the inputs that never ran.

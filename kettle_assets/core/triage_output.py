@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -63,17 +63,79 @@ class _Cluster:
 @dataclass
 class ClusterSummary:
     clusters: list[dict]  # triage's `clustered` entries plus counts, singletons included
+    tokenized_failures: int = 0  # failures whose text was tokenised for the spans (the rest came from `previous`)
+
+
+class GroupTokens(NamedTuple):
+    """The tokens every failure of one test key on one UTC day has, and how many failures that is."""
+
+    test: str
+    local_key_hash: str
+    day: int  # days since 1970-01-01
+    failures: int
+    tokens: Collection[str]  # in no particular order
+
+
+class _Groups:
+    """The previous run's `GroupTokens`, in (test, local key hash, day) order, read alongside a
+    stream of tests in the same order: only the current test's groups are held."""
+
+    def __init__(self, previous: Iterable[GroupTokens]):
+        self._rows = iter(previous)
+        self._next = next(self._rows, None)
+
+    def of_test(self, test: str) -> dict[tuple[str, int], GroupTokens]:
+        while self._next is not None and self._next.test < test:
+            self._next = next(self._rows, None)
+        found = {}
+        while self._next is not None and self._next.test == test:
+            found[(self._next.local_key_hash, self._next.day)] = self._next
+            self._next = next(self._rows, None)
+        return found
 
 
 def summarize(
-    rows: Iterable[tuple[Failure, FailureFacts, str]],
+    rows: Iterable[tuple[Failure, FailureFacts, str, str]],
     builds: dict[str, Build],
     owners: dict[str, list[str]] | None = None,
+    previous: Iterable[GroupTokens] = (),
+    keep: Callable[[GroupTokens], None] | None = None,
 ) -> ClusterSummary:
-    """Describe each cluster as triage does, from (failure, facts, cluster key) rows; holds one
-    entry per cluster and test, not per failure."""
+    """Describe each cluster as triage does, from (failure, facts, cluster key, local key) rows in
+    stream order; holds one entry per cluster and test, not per failure.
+
+    A cluster's common tokens (its spans) are the intersection over its failures, computed per
+    test key and day: a group with the same failure count as in `previous` and no new failure
+    (`kept_key` unset) takes its tokens from there instead of tokenising its texts, so a daily
+    increment tokenises about one day. Every group is handed to `keep` for the next run.
+    """
     clusters: dict[str, _Cluster] = {}
-    for failure, facts, key in rows:
+    earlier = _Groups(previous)
+    local_hashes: dict[str, str] = {}
+    tokenized = 0
+    test, groups = None, {}
+
+    def flush() -> None:
+        nonlocal tokenized
+        known = earlier.of_test(test)
+        for (local_hash, day), (cluster, count, new, texts) in sorted(groups.items()):
+            before = known.get((local_hash, day))
+            if before is not None and before.failures == count and not new:
+                tokens = set(before.tokens)
+            else:
+                tokens = set(span_tokens(texts[0]))
+                for text in texts[1:]:
+                    tokens.intersection_update(span_tokens(text))
+                tokenized += len(texts)
+            cluster.common = tokens if cluster.common is None else cluster.common & tokens
+            if keep is not None:
+                keep(GroupTokens(test, local_hash, day, count, tokens))
+
+    for failure, facts, key, local in rows:
+        if failure.test != test:
+            if groups:
+                flush()
+            test, groups = failure.test, {}
         cluster = clusters.get(key)
         if cluster is None:
             cluster = clusters[key] = _Cluster(key)
@@ -86,8 +148,15 @@ def summarize(
         build = builds.get(failure.build)
         if build is not None and build.number is not None:  # triage lists only known, numbered builds
             per_test[1].setdefault(build.job, set()).add(build.number)
-        tokens = set(span_tokens(failure.text))
-        cluster.common = tokens if cluster.common is None else cluster.common & tokens
+        local_hash = local_hashes.get(local)
+        if local_hash is None:
+            local_hash = local_hashes[local] = key_hash(local)
+        group = groups.get((local_hash, facts.started // 86400))
+        if group is None:
+            group = groups[(local_hash, facts.started // 86400)] = [cluster, 0, False, []]
+        group[1] += 1
+        group[2] |= failure.kept_key is None
+        group[3].append(failure.text)
         order = (facts.started, failure.build, str(failure.fid))
         first = cluster.first.get(failure.test)
         if first is None or order < first[0]:
@@ -96,6 +165,8 @@ def summarize(
             cluster.started = [facts.started, facts.started]
         else:
             cluster.started = [min(cluster.started[0], facts.started), max(cluster.started[1], facts.started)]
+    if groups:
+        flush()
 
     owner_of = _owner_matcher(owners or {})
     numbered = {(b.job, b.number): b for b in builds.values() if b.number is not None}
@@ -118,7 +189,7 @@ def summarize(
             "key_hash": key_hash(cluster.key),
         }
         out.append(entry)
-    return ClusterSummary(clusters=out)
+    return ClusterSummary(clusters=out, tokenized_failures=tokenized)
 
 
 def test_key_rows(clustering: Clustering) -> dict[str, list]:
