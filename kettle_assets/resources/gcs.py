@@ -196,6 +196,15 @@ class GCSArtifactStore(ArtifactStore):
         found = self._client().list(bucket, name, delimiter=None if recursive else "/")
         return [] if found is None else sorted(found[0], key=lambda o: o.path)
 
+    def list_glob(self, prefix: str, glob: str) -> list[ObjectInfo]:
+        bucket, name = split_url(prefix)
+        found = self._client().list(bucket, name, match_glob=glob, kind="list_glob")
+        return [] if found is None else sorted(found[0], key=lambda o: o.path)
+
+    @property
+    def lists_by_glob(self) -> bool:
+        return True
+
     def read(self, path: str) -> bytes | None:
         return self._client().media(*split_url(path))
 
