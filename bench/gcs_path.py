@@ -33,6 +33,19 @@ def landed(home: Path) -> list[str]:
         return [r[0] for r in conn.execute('SELECT path FROM "all" ORDER BY path').fetchall()]
 
 
+def stage_seconds(home: Path) -> dict:
+    """Wall seconds of the sync's runs by job (collect_bucket summed over buckets), from its Dagster instance."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster")))
+    out: dict = {}
+    for run in instance.get_runs():
+        stats = instance.get_run_stats(run.run_id)
+        out[run.job_name] = out.get(run.job_name, 0.0) + (stats.end_time - stats.start_time)
+    return out
+
+
 def gcs_sync(tree: Path, out: Path, buckets: Path, name: str, latency: float, fault_rate: float, stall: float) -> dict:
     home = out / f"home-{name}"
     shutil.rmtree(home, ignore_errors=True)
@@ -45,7 +58,7 @@ def gcs_sync(tree: Path, out: Path, buckets: Path, name: str, latency: float, fa
         result.update(requests=dict(srv.requests), faults=dict(srv.faults), max_in_flight=srv.max_in_flight,
                       objects=srv.objects)
     paths = landed(home)
-    result.update(rows=len(paths), distinct=len(set(paths)), paths=paths)
+    result.update(rows=len(paths), distinct=len(set(paths)), paths=paths, stages=stage_seconds(home))
     print(f"[{name}] {result['wall']:.1f}s, cpu {result['cpu']:.1f}s, peak {result['rss_mb']:.0f} MB, "
           f"requests {result['requests']}, faults {result['faults']}", flush=True)
     return result
@@ -67,7 +80,7 @@ def main() -> int:
     for scale in (1, 4):
         tree = out / f"tree-{scale}x"
         if not tree.exists():
-            write_tree(tree, args.builds * scale, NOW)
+            write_tree(tree, args.builds * scale, NOW, min_days=7 * scale)  # 4x the history: 4x the days
         runs[f"{scale}x"] = gcs_sync(tree, out, buckets, f"{scale}x", args.latency, 0.0, args.stall_seconds)
     runs["1x-faults"] = gcs_sync(out / "tree-1x", out, buckets, "1x-faults", args.latency, args.fault_rate,
                                  args.stall_seconds)
@@ -102,9 +115,11 @@ def render(runs: dict, args) -> str:
     row("wall", lambda r: f"{r['wall']:.1f} s")
     row("client CPU", lambda r: f"{r['cpu']:.1f} s")
     row("peak RSS", lambda r: f"{r['rss_mb']:.0f} MB")
-    row("requests (list / media / stat)", lambda r: (
-        f"{sum(r['requests'].values())} ({r['requests'].get('list', 0)} / {r['requests'].get('media', 0)} / "
-        f"{r['requests'].get('stat', 0)})"))
+    row("  of which collecting (`collect_bucket` runs)", lambda r: f"{r['stages'].get('collect_bucket', 0):.1f} s")
+    row("  of which JUnit to `all` (`stage_and_publish_days`)", lambda r: f"{r['stages'].get('stage_and_publish_days', 0):.1f} s")
+    row("requests (list / list with matchGlob / media / stat)", lambda r: (
+        f"{sum(r['requests'].values())} ({r['requests'].get('list', 0)} / {r['requests'].get('list_glob', 0)} / "
+        f"{r['requests'].get('media', 0)} / {r['requests'].get('stat', 0)})"))
     row("faults injected", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items())) or "none")
     row("most requests in flight", lambda r: str(r["max_in_flight"]))
     same = faulty["paths"] == one["paths"] and faulty["distinct"] == faulty["rows"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Protocol
+from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from .config import Bucket
 from .junit import is_junit_name
@@ -83,7 +83,7 @@ class ListingStats:
     bad_paths: int = 0
 
 
-def _job_builds(store: ArtifactReader, bucket: Bucket, job: str) -> tuple[bool, list[str]]:
+def _job_builds(store: ArtifactReader, bucket: Bucket, job: str) -> tuple[bool, Iterable[str]]:
     """(precise, build names newest first), as Kettle's _get_builds."""
     if bucket.sequential:
         raw = store.read(f"{bucket.url}{job}/latest-build.txt")
@@ -93,26 +93,28 @@ def _job_builds(store: ArtifactReader, bucket: Bucket, job: str) -> tuple[bool, 
             except ValueError:
                 latest = None
             if latest is not None:
-                return False, [str(n) for n in range(latest, 0, -1)]
+                return False, map(str, range(latest, 0, -1))  # lazy: the walk usually stops early
     names = [basename(d) for d in store.list_dirs(f"{bucket.url}{job}/")]
     return True, sorted(names, key=natural_key, reverse=True)
 
 
 def list_candidates(
-    store: ArtifactReader, bucket: Bucket, known: set[str], stats: ListingStats | None = None
+    store: ArtifactReader, bucket: Bucket, known: set[str], stats: ListingStats | None = None,
+    map_jobs: Callable = map,
 ) -> Iterator[Candidate]:
-    """Builds of `bucket` not in `known` (a set of `listed_as` keys), newest first per job."""
+    """Builds of `bucket` not in `known` (a set of `listed_as` keys), newest first per job.
+
+    `map_jobs` lists the jobs' builds (an ordered map: a thread pool's lists them concurrently).
+    """
     stats = stats if stats is not None else ListingStats()
     if bucket.pr:
         yield from _list_pr_candidates(store, bucket, known, stats)
         return
-    for job_dir in store.list_dirs(bucket.url):
-        job = basename(job_dir)
-        stats.jobs += 1
-        if bucket.excludes(job):
-            stats.jobs_excluded += 1
-            continue
-        precise, builds = _job_builds(store, bucket, job)
+    jobs = [basename(d) for d in store.list_dirs(bucket.url)]
+    stats.jobs += len(jobs)
+    included = [job for job in jobs if not bucket.excludes(job)]
+    stats.jobs_excluded += len(jobs) - len(included)
+    for job, (precise, builds) in zip(included, map_jobs(lambda job: _job_builds(store, bucket, job), included)):
         have = 0
         for build in builds:
             path = f"{bucket.url}{job}/{build}"
