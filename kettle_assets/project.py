@@ -10,6 +10,7 @@ KETTLE_ARTIFACT_URL where a build's artifacts are browsed: {bucket} and {path} (
 KETTLE_GCS_TIMEOUT, KETTLE_GCS_DEADLINE   per-request timeout and per-call retry deadline (seconds)
 KETTLE_FETCH_THREADS  artifact fetches in flight (default: 16 local, 64 gcp)
 KETTLE_GCS_CONNECTIONS  pooled HTTP connections to GCS (default 64)
+KETTLE_PARSE_THREADS  JUnit files parsed at once (default: one per CPU)
 KETTLE_BQ_PROJECT, KETTLE_BQ_DATASET, KETTLE_BQ_LOCATION, KETTLE_BQ_ENDPOINT, KETTLE_BQ_DEADLINE (gcp)
 KETTLE_PUBSUB_SUBSCRIPTION  projects/<p>/subscriptions/<s> with GCS notifications (gcp streaming)
 KETTLE_STAGING_RETENTION_DAYS  prune per-day staging older than this many days after a sync (0: keep)
@@ -61,6 +62,7 @@ class Settings:
     home: str
     start_date: str | None = None  # None: discovered from staging (first_partition_day)
     fetch_threads: int = 16
+    parse_threads: int = 0  # JUnit files parsed at once; 0: one per CPU
     env: str = "local"
     gcs_timeout: float = 10.0
     gcs_connections: int = 64
@@ -90,6 +92,7 @@ class Settings:
                 _number("KETTLE_FETCH_THREADS", env["KETTLE_FETCH_THREADS"], int, 1, 512)
                 if env.get("KETTLE_FETCH_THREADS") else None
             ),
+            parse_threads=_number("KETTLE_PARSE_THREADS", env.get("KETTLE_PARSE_THREADS", "0"), int, 0, 512),
             gcs_timeout=_number("KETTLE_GCS_TIMEOUT", env.get("KETTLE_GCS_TIMEOUT", "10"), float, 0.1, 3600),
             gcs_connections=_number("KETTLE_GCS_CONNECTIONS", env.get("KETTLE_GCS_CONNECTIONS", "64"), int, 1, 1024),
             gcs_deadline=_number("KETTLE_GCS_DEADLINE", env.get("KETTLE_GCS_DEADLINE", "120"), float, 0.1, 86400),
@@ -212,6 +215,7 @@ def build_resources(settings: Settings) -> dict:
         "settings": KettleSettings(
             buckets_file=str(Path(settings.buckets_file).resolve()),
             fetch_threads=settings.fetch_threads,
+            parse_threads=settings.parse_threads,
             max_row_bytes=settings.max_row_bytes,
             artifact_url=settings.artifact_url,
         ),
