@@ -11,9 +11,12 @@ bench/results.md.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,11 +35,67 @@ def landed(home: Path) -> list[str]:
         return [r[0] for r in conn.execute('SELECT path FROM "all" ORDER BY path').fetchall()]
 
 
+class ChildRss:
+    """Samples the resident memory of this process's children (the sync) every 0.2 s."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []  # (time, MB)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = str(os.getpid())
+        while not self.stop.wait(0.2):
+            total = 0.0
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    if stat.read_text().rsplit(")", 1)[1].split()[1] != me:
+                        continue
+                    status = (stat.parent / "status").read_text()
+                except (OSError, IndexError):
+                    continue
+                total += next((int(line.split()[1]) / 1024 for line in status.splitlines()
+                               if line.startswith("VmRSS")), 0.0)
+            if total:
+                self.samples.append((time.time(), total))
+
+    def __enter__(self) -> "ChildRss":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def peak(self, start: float, end: float) -> float:
+        return max((mb for t, mb in self.samples if start <= t <= end), default=0.0)
+
+
+def stage_figures(home: Path, rss: ChildRss) -> dict:
+    """Wall seconds and sampled peak RSS of the sync's GCS-facing work, from its Dagster instance:
+    the collect runs (every bucket) and the junit_results step."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster")))
+    out: dict = {"collect_s": 0.0, "collect_mb": 0.0, "junit_s": 0.0, "junit_mb": 0.0}
+    for run in instance.get_runs():
+        if run.job_name == "collect_bucket":
+            stats = instance.get_run_stats(run.run_id)
+            out["collect_s"] += stats.end_time - stats.start_time
+            out["collect_mb"] = max(out["collect_mb"], rss.peak(stats.start_time, stats.end_time))
+        for step in instance.get_run_step_stats(run.run_id):
+            if step.step_key == "junit_results":
+                out["junit_s"] += step.end_time - step.start_time
+                out["junit_mb"] = max(out["junit_mb"], rss.peak(step.start_time, step.end_time))
+    return out
+
+
 def gcs_sync(tree: Path, out: Path, buckets: Path, name: str, latency: float, fault_rate: float, stall: float) -> dict:
     home = out / f"home-{name}"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    with GCSServer(tree, latency=latency, fault_rate=fault_rate, stall_seconds=stall) as srv:
+    with GCSServer(tree, latency=latency, fault_rate=fault_rate, stall_seconds=stall) as srv, ChildRss() as rss:
         result = run_sync(tree, home, buckets, {
             "KETTLE_ENV": "gcp", "KETTLE_WAREHOUSE": "duckdb", "KETTLE_STORAGE_ROOT": "",
             "STORAGE_EMULATOR_HOST": srv.url, "KETTLE_BQ_PROJECT": "bench",
@@ -44,9 +103,23 @@ def gcs_sync(tree: Path, out: Path, buckets: Path, name: str, latency: float, fa
         result.update(requests=dict(srv.requests), faults=dict(srv.faults), max_in_flight=srv.max_in_flight,
                       objects=srv.objects)
     paths = landed(home)
-    result.update(rows=len(paths), distinct=len(set(paths)), paths=paths)
+    result.update(rows=len(paths), distinct=len(set(paths)), paths=paths, stages=stage_figures(home, rss))
     print(f"[{name}] {result['wall']:.1f}s, cpu {result['cpu']:.1f}s, peak {result['rss_mb']:.0f} MB, "
           f"requests {result['requests']}, faults {result['faults']}", flush=True)
+    return result
+
+
+def local_sync(tree: Path, out: Path, buckets: Path) -> dict:
+    """The same cold sync from the local folder: the reference within this run."""
+    home = out / "home-local"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    with ChildRss() as rss:
+        result = run_sync(tree, home, buckets)
+    paths = landed(home)
+    result.update(rows=len(paths), distinct=len(set(paths)), paths=paths, stages=stage_figures(home, rss),
+                  requests={}, faults={}, max_in_flight=0, objects=0)
+    print(f"[1x-local] {result['wall']:.1f}s, cpu {result['cpu']:.1f}s, peak {result['rss_mb']:.0f} MB", flush=True)
     return result
 
 
@@ -66,8 +139,9 @@ def main() -> int:
     for scale in (1, 4):
         tree = out / f"tree-{scale}x"
         if not tree.exists():
-            write_tree(tree, args.builds * scale, NOW)
+            write_tree(tree, args.builds * scale, NOW, min_days=7 * scale)  # 4x the history: 4x the days
         runs[f"{scale}x"] = gcs_sync(tree, out, buckets, f"{scale}x", args.latency, 0.0, args.stall_seconds)
+    runs["1x-local"] = local_sync(out / "tree-1x", out, buckets)
     runs["1x-faults"] = gcs_sync(out / "tree-1x", out, buckets, "1x-faults", args.latency, args.fault_rate,
                                  args.stall_seconds)
     section = render(runs, args)
@@ -80,7 +154,7 @@ def main() -> int:
 
 
 def render(runs: dict, args) -> str:
-    one, four, faulty = runs["1x"], runs["4x"], runs["1x-faults"]
+    one, four, faulty, local = runs["1x"], runs["4x"], runs["1x-faults"], runs["1x-local"]
     lines = [
         "## GCS path",
         "",
@@ -88,24 +162,29 @@ def render(runs: dict, args) -> str:
         f"--fault-rate {args.fault_rate} --stall-seconds {args.stall_seconds}`. Cold `kettle sync` "
         "(defaults) through `bench/gcs_server.py`, a threaded, paginated GCS JSON API server over the bench "
         f"tree with {args.latency * 1000:.0f} ms per request, on the same two cores as the client; "
-        "the warehouse is DuckDB.",
+        f"the warehouse is DuckDB. Load average when it ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(the machine is shared: compare ratios within the run, not absolute times).",
         "",
-        "| | 1x | 4x | 1x, faults |",
-        "|---|---|---|---|",
+        "| | 1x | 4x | 1x, faults | 1x from the local folder |",
+        "|---|---|---|---|---|",
     ]
 
     def row(label, fn):
-        lines.append(f"| {label} | " + " | ".join(fn(r) for r in (one, four, faulty)) + " |")
+        lines.append(f"| {label} | " + " | ".join(fn(r) for r in (one, four, faulty, local)) + " |")
 
     row("builds (objects)", lambda r: f"{r['rows']} ({r['objects']})")
     row("wall", lambda r: f"{r['wall']:.1f} s")
     row("client CPU", lambda r: f"{r['cpu']:.1f} s")
-    row("peak RSS", lambda r: f"{r['rss_mb']:.0f} MB")
-    row("requests (list / media / stat)", lambda r: (
-        f"{sum(r['requests'].values())} ({r['requests'].get('list', 0)} / {r['requests'].get('media', 0)} / "
-        f"{r['requests'].get('stat', 0)})"))
+    row("peak RSS (whole sync)", lambda r: f"{r['rss_mb']:.0f} MB")
+    row("collecting (`collect_bucket` runs): wall, peak RSS",
+        lambda r: f"{r['stages']['collect_s']:.1f} s, {r['stages']['collect_mb']:.0f} MB")
+    row("JUnit fetched and parsed (`junit_results`): wall, peak RSS",
+        lambda r: f"{r['stages']['junit_s']:.1f} s, {r['stages']['junit_mb']:.0f} MB")
+    row("requests (list / list with matchGlob / media / stat)", lambda r: (
+        f"{sum(r['requests'].values())} ({r['requests'].get('list', 0)} / {r['requests'].get('list_glob', 0)} / "
+        f"{r['requests'].get('media', 0)} / {r['requests'].get('stat', 0)})"))
     row("faults injected", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items())) or "none")
-    row("most requests in flight", lambda r: str(r["max_in_flight"]))
+    row("most requests in flight", lambda r: str(r["max_in_flight"]) if r is not local else "")
     same = faulty["paths"] == one["paths"] and faulty["distinct"] == faulty["rows"]
     lines += [
         "",
@@ -114,8 +193,13 @@ def render(runs: dict, args) -> str:
         f"{KETTLE_900['requests']} requests. Ours: {one['wall']:.1f} s "
         f"(**{KETTLE_900['wall'] / one['wall']:.2f}x** Kettle's speed), {one['rss_mb']:.0f} MB, "
         f"{sum(one['requests'].values())} requests.",
-        f"- Peak RSS 1x -> 4x: {one['rss_mb']:.0f} -> {four['rss_mb']:.0f} MB "
-        f"({four['rss_mb'] / one['rss_mb'] - 1:+.0%}); wall {four['wall'] / one['wall']:.2f}x for 4x the builds.",
+        f"- Within this run, the GCS path took {one['wall'] / local['wall']:.2f}x the local folder's wall on the same "
+        f"tree (same rows: {'yes' if one['paths'] == local['paths'] else 'NO'}).",
+        f"- Peak RSS 1x -> 4x (4x the days of history): whole sync {one['rss_mb']:.0f} -> {four['rss_mb']:.0f} MB "
+        f"({four['rss_mb'] / one['rss_mb'] - 1:+.0%}); the GCS-facing stages (collecting, junit_results) "
+        f"{max(one['stages']['collect_mb'], one['stages']['junit_mb']):.0f} -> "
+        f"{max(four['stages']['collect_mb'], four['stages']['junit_mb']):.0f} MB; "
+        f"wall {four['wall'] / one['wall']:.2f}x for 4x the builds.",
         f"- {args.fault_rate:.0%} faults: {faulty['wall'] / one['wall']:.2f}x the fault-free wall (target at most 3x); "
         f"every build landed once: {'yes' if same else 'NO'} ({faulty['distinct']} distinct of {faulty['rows']} rows, "
         f"{one['rows']} without faults).",

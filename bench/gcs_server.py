@@ -166,7 +166,8 @@ class GCSServer:
                 q = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 path = url.path.removeprefix("/download")
                 m = re.fullmatch(r"/storage/v1/b/([^/]+)/o(?:/(.+))?", path)
-                kind = "other" if not m else "list" if m.group(2) is None else (
+                kind = "other" if not m else (
+                    "list_glob" if q.get("matchGlob") else "list") if m.group(2) is None else (
                     "media" if q.get("alt") == "media" else "stat")
                 with server.lock:
                     server.requests[kind] += 1
@@ -198,7 +199,7 @@ class GCSServer:
                 if m is None or unquote(m.group(1)) not in server.names:
                     return self._send(404, b'{"error": {"code": 404, "message": "no such bucket"}}')
                 bucket = unquote(m.group(1))
-                if kind == "list":
+                if kind in ("list", "list_glob"):
                     return self._send(200, json.dumps(server.listing(bucket, q)).encode())
                 name = unquote(m.group(2))
                 target = server.tree / bucket / name

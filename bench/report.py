@@ -19,14 +19,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
 
-from run import NOW, run_sync  # noqa: E402
-from tree import BUCKETS_YAML, junit_pool, write_tree  # noqa: E402
+from run import NOW, run_sync
+from tree import BUCKETS_YAML, junit_pool, write_tree
 
-from kettle_assets_tests.support.browser import chromium_page  # noqa: E402
+from kettle_assets_tests.support.browser import chromium_page
 
 DRAWN = ("(() => { const drawn = Array.from(document.querySelectorAll('.plot.js-plotly-plot'))"
          ".filter(p => p.querySelector('svg.main-svg .trace')).length;"

@@ -98,14 +98,16 @@ class TreeWriter:
         self.junit_bytes += source.stat().st_size
 
 
-def write_tree(root: Path, builds: int, now: float, ci_jobs: int = 40, pr_jobs: int = 20, seed: int = 11) -> dict:
-    """`builds` finished builds: 70% in sequential CI jobs (latest-build.txt), 30% PR builds."""
+def write_tree(root: Path, builds: int, now: float, ci_jobs: int = 40, pr_jobs: int = 20, seed: int = 11,
+               min_days: int = 7) -> dict:
+    """`builds` finished builds: 70% in sequential CI jobs (latest-build.txt), 30% PR builds,
+    over at least `min_days` days of history."""
     writer = TreeWriter(root, seed)
     ci_builds = int(builds * 0.7)
     pr_builds = builds - ci_builds
     per_ci = max(1, ci_builds // ci_jobs)
     per_pr = max(1, pr_builds // pr_jobs)
-    span = DAY * max(7, per_ci // 10)  # ten builds a day per job: history grows with the tree
+    span = DAY * max(min_days, per_ci // 10)  # ten builds a day per job: history grows with the tree
     for j in range(ci_jobs):
         job = f"ci-kubernetes-{'e2e' if j % 5 == 0 else 'unit'}-{j:02d}"
         for n in range(1, per_ci + 1):

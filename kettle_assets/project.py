@@ -57,6 +57,7 @@ class Settings:
     home: str = ".kettle"
     start_date: str | None = None  # None: discovered from staging (first_partition_day)
     fetch_threads: int = 16  # from_env: 64 for gcp, whose requests wait on the network
+    parse_threads: int = 0  # JUnit files parsed at once; 0: one per CPU
     env: str = "local"
     gcs_timeout: float = 10.0
     gcs_connections: int = 64
@@ -136,6 +137,7 @@ _VARIABLES = {
     "home": ("KETTLE_HOME", _text),
     "start_date": ("KETTLE_START_DATE", lambda variable, raw: _date_setting(variable, raw)),
     "fetch_threads": ("KETTLE_FETCH_THREADS", _bounded(int, 1, 512)),
+    "parse_threads": ("KETTLE_PARSE_THREADS", _bounded(int, 0, 512)),
     "env": ("KETTLE_ENV", _text),
     "gcs_timeout": ("KETTLE_GCS_TIMEOUT", _bounded(float, 0.1, 3600)),
     "gcs_connections": ("KETTLE_GCS_CONNECTIONS", _bounded(int, 1, 1024)),
@@ -203,6 +205,7 @@ def settings_resource(settings: Settings) -> KettleSettings:
     return KettleSettings(
         buckets_file=str(Path(settings.buckets_file).resolve()),
         fetch_threads=settings.fetch_threads,
+        parse_threads=settings.parse_threads,
         max_row_bytes=settings.max_row_bytes,
         artifact_url=settings.artifact_url,
         report_url=report_root_url(settings),

@@ -11,7 +11,6 @@ import threading
 import subprocess
 import sys
 import time
-from datetime import timedelta
 
 import dagster as dg
 import pytest

@@ -12,7 +12,7 @@ from kettle_assets.automation import DAILY_SELECTION
 from kettle_assets.project import Settings, build_assets, build_resources
 from kettle_assets.sync import run_sync
 
-from .conftest import BUCKETS, SAMPLE_NOW, Kettle
+from .conftest import BUCKETS, SAMPLE_NOW
 from .support.fault_proxy import BlackHole, FaultProxy
 from .support.servers import bq_emulator, free_port, gcs_emulator, upload_tree
 

@@ -25,6 +25,9 @@ from kettle_assets.core.config import parse_buckets
 from kettle_assets.core.listing import (
     Candidate,
     ListingStats,
+    JUnitListing,
+    junit_files,
+    junit_listings,
     junit_paths,
     list_candidates,
     natural_key,
@@ -493,6 +496,52 @@ def test_junit_paths_report_sizes(root, store):
     put(root, build + "/artifacts/junit_1.xml", b"x" * 123)
     (obj,) = junit_paths(store, build)
     assert obj.size == 123
+
+
+def test_junit_listings_share_one_glob_per_job_or_pr_folder():
+    pr = PR_LOGS + "pull/org_repo/5/"
+    listings = junit_listings([
+        LOGS + "ci-job/12", LOGS + "ci-job/123", LOGS + "other/1",
+        pr + "pull-a/7", pr + "pull-b/8", PR_LOGS + "pull/batch/pull-a/9", LOGS + "odd/7,8",
+    ])
+    assert sorted(listings, key=repr) == sorted([
+        JUnitListing(LOGS + "ci-job/", "logs/ci-job/{12,123}/artifacts/junit*", (LOGS + "ci-job/12", LOGS + "ci-job/123")),
+        JUnitListing(pr, "pr-logs/pull/org_repo/5/{pull-a,pull-b}/{7,8}/artifacts/junit*", (pr + "pull-a/7", pr + "pull-b/8")),
+        JUnitListing(LOGS + "other/1/artifacts/", None, (LOGS + "other/1",)),  # alone in its folder
+        JUnitListing(PR_LOGS + "pull/batch/pull-a/9/artifacts/", None, (PR_LOGS + "pull/batch/pull-a/9",)),
+        JUnitListing(LOGS + "odd/7,8/artifacts/", None, (LOGS + "odd/7,8",)),  # ',' means something in a glob
+    ], key=repr)
+    assert all(lst.glob is None for lst in junit_listings([LOGS + "ci-job/12", LOGS + "ci-job/123"], by_glob=False))
+
+
+def test_junit_listings_split_a_long_glob():
+    paths = [LOGS + f"ci-job/{n:012d}" for n in range(1000)]
+    listings = junit_listings(paths)
+    assert len(listings) > 1 and all(len(lst.glob) <= 4000 for lst in listings)
+    assert sorted(b for lst in listings for b in lst.builds) == paths
+
+
+def test_a_shared_listing_gives_each_build_exactly_its_own_junit_files(root, store):
+    """The local store answers a glob with everything under the prefix (more than a GCS glob
+    would): each build still gets exactly what its own listing finds, and never another's."""
+    pr = PR_LOGS + "pull/org_repo/5/"
+    builds = [LOGS + "ci-job/12", LOGS + "ci-job/123", LOGS + "ci-job/1", pr + "pull-a/7", pr + "pull-b/8"]
+    for b in builds:
+        put(root, b + "/artifacts/junit_01.xml", "<testsuite/>")
+        put(root, b + "/artifacts/sub/junit_02.xml", "<testsuite/>")
+        put(root, b + "/artifacts/junit.txt", "x")
+    put(root, LOGS + "ci-job/123/artifacts/junit_b.xml", "<testsuite/>")
+    put(root, pr + "pull-a/8/artifacts/junit_01.xml", "<testsuite/>")  # in the glob's cross product, not asked for
+    put(root, LOGS + "ci-job/13/artifacts/junit_01.xml", "<testsuite/>")  # not asked for
+    wanted = builds[:2] + builds[3:] + [LOGS + "ci-job/404"]  # ci-job/1 not asked for; 404 has no files
+    found = {}
+    for listing in junit_listings(wanted):
+        found.update(junit_files(store, listing))
+    assert found == {b: junit_paths(store, b) for b in wanted}
+    assert [o.path for o in found[LOGS + "ci-job/123"]] == [
+        LOGS + "ci-job/123/artifacts/junit_01.xml", LOGS + "ci-job/123/artifacts/junit_b.xml"
+    ]
+    assert found[LOGS + "ci-job/404"] == []
 
 
 # --- fetch_junit ------------------------------------------------------------------------------

@@ -1,9 +1,7 @@
 """test_results and the metrics on hand-built rows of `all`, against answers worked out by hand."""
 
-import json
 from datetime import datetime, timezone
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

@@ -1,8 +1,6 @@
 """Hostile input and hostile operations: no bad build stops the others, no published row is lost."""
 
 import dataclasses
-import gzip
-import json
 import os
 import subprocess
 import sys

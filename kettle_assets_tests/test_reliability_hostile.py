@@ -3,7 +3,6 @@ bounded, and bad settings end `kettle` with exit code 2 and one line, never a tr
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from kettle_assets.core.config import BucketConfigError, load_buckets, parse_buc
 from kettle_assets.core.junit import parse_junit
 from kettle_assets.resources.artifacts import LocalArtifactStore
 
-from .conftest import BUCKETS, REPO, SAMPLE_NOW
+from .conftest import BUCKETS, SAMPLE_NOW
 
 KETTLE = str(Path(sys.executable).with_name("kettle"))
 SECRET = "TOPSECRET-7f3a9c-never-in-a-log"

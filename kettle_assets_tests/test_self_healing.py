@@ -10,7 +10,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
 import yaml
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 

@@ -17,7 +17,7 @@ from kettle_assets.core.stream import Notification, finished_build
 from kettle_assets.project import Settings, build_definitions, build_resources
 from kettle_assets.resources.notifications import LocalFolderNotificationSource
 
-from .conftest import BUCKETS, REPO, Kettle
+from .conftest import BUCKETS, REPO
 from .support.servers import needs_pubsub, pubsub_emulator
 
 PROJECT = "test-project"

@@ -9,7 +9,7 @@ import dagster as dg
 import duckdb
 
 from kettle_assets.assets.checks import make_contract_checks
-from kettle_assets.automation import DAILY_SELECTION, range_tags
+from kettle_assets.automation import DAILY_SELECTION
 from kettle_assets.project import build_assets, build_resources
 
 from .conftest import SAMPLE_NOW

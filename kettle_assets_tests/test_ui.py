@@ -117,13 +117,6 @@ def test_graphql_shows_assets_lineage_partitions_sensors_schedules(dagster_dev):
     assert {s["name"] for s in repo["schedules"]} == {"reconcile_buckets", "refresh_windows_hourly", "close_yesterday"}
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.skip("Chromium is not installed: run .ci/test-deps.sh (the README's test command does)")
-    return found
-
-
 # The number on each asset's latest materialization that must not be zero after a sync.
 SIGNAL = {
     "build_listing": "candidates", "build_metadata": "fetched", "junit_results": "tests",

@@ -2,7 +2,7 @@
 
 
 import time
-from typing import Optional
+from typing import Iterator, Optional
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +30,13 @@ class MetadataConfig(dg.Config):
     builds: list[str] = []
 
 
+def _windowed_map(pool: ThreadPoolExecutor, fn, items: list, window: int) -> Iterator:
+    """`pool.map` a window at a time: jobs are listed concurrently, but only a window's
+    build lists are held at once."""
+    for first in range(0, len(items), window):
+        yield from pool.map(fn, items[first : first + window])
+
+
 def _bucket(settings: KettleSettings, key: str):
     return settings.buckets.by_key(key)
 
@@ -53,10 +60,13 @@ def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
         known = staging.read_known(bucket.slug)
         known_keys = set(known.column("listed_as").to_pylist())
         stats = ListingStats()
-        records = [
-            {"listed_as": c.listed_as, "job": c.job, "path": c.path}
-            for c in list_candidates(artifacts, bucket, known_keys, stats)
-        ]
+        with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
+            records = [
+                {"listed_as": c.listed_as, "job": c.job, "path": c.path}
+                for c in list_candidates(
+                    artifacts, bucket, known_keys, stats, map_jobs=lambda fn, jobs: _windowed_map(pool, fn, jobs, settings.fetch_threads)
+                )
+            ]
         seen = {r["listed_as"] for r in records}
         for path in config.recheck_paths:
             path = path.rstrip("/")

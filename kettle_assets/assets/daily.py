@@ -8,8 +8,10 @@ collected by `build_metadata` like any other, so it costs a few builds' work, no
 
 import itertools
 import json
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
@@ -17,6 +19,7 @@ import pyarrow.compute as pc
 
 from ..core import collect
 from ..core.publish import builds_to_upsert
+from ..core.listing import junit_files, junit_listings
 from ..core.rows import RowProblems, build_row, row_json, trim_row
 from ..resources.artifacts import ArtifactStore
 from ..resources.settings import KettleSettings
@@ -27,6 +30,7 @@ from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, fetch_u
 from .links import md_link
 
 ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
+JUNIT_CHUNK = 5000  # builds whose JUnit listings are held at a time
 MALFORMED_SHARE_LIMIT = 0.05  # more malformed JUnit files than this fails the check
 # A backfill of many days runs a month at a time, so no run holds the warehouse pool for long.
 DAYS_PER_BACKFILL_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=31)
@@ -91,66 +95,97 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         per_day: list[dict] = []
         t0 = time.monotonic()
         retries_before, refused_before = artifacts.retries, artifacts.refused
-        with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
-            for day in context.partition_keys:
-                before = dict(totals)
-                read_at = time.time()
-                wanted = {
-                    r["path"]: r["finished_hash"]
-                    for r in staging.read_metadata(day).select(["path", "finished_hash"]).to_pylist()
-                }
-                have = staging.read_junit(day)
-                keys = have.select(["path", "finished_hash"]).to_pylist()
-                stale = {r["path"] for r in keys if config.refetch or wanted.get(r["path"], object()) != r["finished_hash"]}
-                done = {r["path"] for r in keys} - stale
-                todo = sorted(p for p in wanted if p not in done)
-                fetched, chunks, n_fetched = [], [], 0
-                for result in fetch_unordered(
-                    pool, lambda p: collect.fetch_junit(artifacts, p, wanted[p], settings.max_junit_file_bytes), todo,
-                    2 * settings.fetch_threads,
-                ):
+        # Plan every day first (only paths and hashes are kept), then fetch all of them in one
+        # stream in day order: a slow request holds its own slot, not the start of the next day.
+        plans = []
+        for day in context.partition_keys:
+            read_at = time.time()
+            wanted = {
+                r["path"]: r["finished_hash"]
+                for r in staging.read_metadata(day).select(["path", "finished_hash"]).to_pylist()
+            }
+            keys = staging.read_junit(day).select(["path", "finished_hash"]).to_pylist()
+            stale = {r["path"] for r in keys if config.refetch or wanted.get(r["path"], object()) != r["finished_hash"]}
+            done = {r["path"] for r in keys} - stale
+            todo = sorted(p for p in wanted if p not in done)
+            plans.append(DayPlan(day, read_at, wanted, stale, done, todo))
+
+        def finish_day(plan: "DayPlan", chunks: list[pa.Table], n_fetched: int, counts: dict) -> None:
+            have = staging.read_junit(plan.day)
+            if n_fetched or plan.stale or not staging.junit_file(plan.day).exists():
+                have = _replace_paths(have, plan.stale | set(plan.todo), pa.concat_tables(chunks))
+                staging.write_junit(plan.day, have)
+            staging.record_junit_read(plan.day, plan.read_at)
+            lost = builds_with_all_junit_malformed(have)
+            all_malformed.extend(lost)
+            dropped = len(plan.stale - set(plan.wanted))
+            for k, v in counts.items():
+                totals[k] += v
+            totals["builds"] += len(plan.wanted)
+            totals["fetched"] += n_fetched
+            totals["dropped"] += dropped
+            per_day.append({"day": plan.day, "builds": len(plan.wanted), "fetched": n_fetched})
+            day_counts = {**counts, "builds": len(plan.wanted), "fetched": n_fetched, "dropped": dropped}
+            context.add_asset_metadata(
+                {
+                    **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v
+                       for k, v in day_counts.items()},
+                    "malformed_share": round(day_counts["files"] and day_counts["malformed"] / day_counts["files"], 4),
+                    "builds_with_all_junit_malformed": len(lost),
+                },
+                partition_key=plan.day,
+            )
+            context.log.info(
+                f"junit_results {plan.day}: {len(plan.wanted)} builds, {n_fetched} fetched, {len(plan.done)} already staged"
+            )
+
+        parse_slots = threading.BoundedSemaphore(settings.parse_slots)
+        open_days: dict[str, dict] = {}
+        for plan in plans:
+            open_days[plan.day] = {"plan": plan, "left": len(plan.todo), "rows": [], "chunks": [], "n": 0,
+                                   "counts": dict.fromkeys(("files", "bytes", "malformed", "too_large", "tests", "bad_times"), 0)}
+        for plan in plans:
+            if not plan.todo:
+                finish_day(plan, [JUNIT_SCHEMA.empty_table()], 0, open_days.pop(plan.day)["counts"])
+        todo = [(plan.day, path, plan.wanted[path]) for plan in plans for path in plan.todo]
+        with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool, \
+                ThreadPoolExecutor(max_workers=max(1, settings.fetch_threads // 4)) as list_pool:
+            for first in range(0, len(todo), JUNIT_CHUNK):
+                chunk = todo[first : first + JUNIT_CHUNK]
+                listed = _list_junit(list_pool, artifacts, [p for _, p, _ in chunk])
+
+                def fetch(item, listed=listed):
+                    day, path, finished_hash = item
+                    files = listed[path].result()[path] if listed else None
+                    result = collect.fetch_junit(
+                        artifacts, path, finished_hash, settings.max_junit_file_bytes,
+                        files=files, parse_slots=parse_slots,
+                    )
+                    return day, result
+
+                for day, result in fetch_unordered(pool, fetch, chunk, 2 * settings.fetch_threads):
+                    state = open_days[day]
                     for problem in result.problems:
                         context.log.warning(f"junit_results {day}: {problem}")
                     for k in ("files", "bytes", "malformed", "too_large", "bad_times"):
-                        totals[k] += getattr(result, k)
-                    totals["tests"] += len(result.tests)
-                    fetched.append(
+                        state["counts"][k] += getattr(result, k)
+                    state["counts"]["tests"] += len(result.tests)
+                    state["rows"].append(
                         {
                             "path": result.path, "finished_hash": result.finished_hash, "tests": result.tests,
                             "files": result.files, "bytes": result.bytes, "malformed": result.malformed,
                             "too_large": result.too_large,
                         }
                     )
-                    n_fetched += 1
-                    if len(fetched) >= ARROW_CHUNK:  # Python dicts of tests are large: keep them few
-                        chunks.append(pa.Table.from_pylist(fetched, schema=JUNIT_SCHEMA))
-                        fetched = []
-                chunks.append(pa.Table.from_pylist(fetched, schema=JUNIT_SCHEMA))
-                if n_fetched or stale or not staging.junit_file(day).exists():
-                    new = pa.concat_tables(chunks)
-                    have = _replace_paths(have, stale | set(todo), new)
-                    staging.write_junit(day, have)
-                staging.record_junit_read(day, read_at)
-                lost = builds_with_all_junit_malformed(have)
-                all_malformed.extend(lost)
-                totals["builds"] += len(wanted)
-                totals["fetched"] += n_fetched
-                totals["dropped"] += len(stale - set(wanted))
-                per_day.append({"day": day, "builds": len(wanted), "fetched": n_fetched})
-                day_counts = {k: totals[k] - before[k] for k in totals}
-                day_counts.update(builds=len(wanted), fetched=n_fetched, dropped=len(stale - set(wanted)))
-                context.add_asset_metadata(
-                    {
-                        **{f"junit_{k}" if k in ("files", "bytes", "malformed", "too_large") else k: v
-                           for k, v in day_counts.items()},
-                        "malformed_share": round(day_counts["files"] and day_counts["malformed"] / day_counts["files"], 4),
-                        "builds_with_all_junit_malformed": len(lost),
-                    },
-                    partition_key=day,
-                )
-                context.log.info(
-                    f"junit_results {day}: {len(wanted)} builds, {n_fetched} fetched, {len(done)} already staged"
-                )
+                    state["n"] += 1
+                    state["left"] -= 1
+                    if len(state["rows"]) >= ARROW_CHUNK or not state["left"]:  # Python dicts of tests are large: keep them few
+                        state["chunks"].append(pa.Table.from_pylist(state["rows"], schema=JUNIT_SCHEMA))
+                        state["rows"] = []
+                    if not state["left"]:
+                        finish_day(state["plan"], state["chunks"], state["n"], state["counts"])
+                        del open_days[day]
+        per_day.sort(key=lambda d: d["day"])
         elapsed = time.monotonic() - t0
         share = totals["files"] and totals["malformed"] / totals["files"]
         yield dg.MaterializeResult(
@@ -356,6 +391,31 @@ def make_daily_assets(days: dg.DailyPartitionsDefinition, build_metadata: dg.Ass
         )
 
     return junit_results, build_rows, build_all
+
+
+@dataclass
+class DayPlan:
+    """What junit_results does for one day: the builds staged, which JUnit results are stale or
+    current, and which builds to fetch."""
+
+    day: str
+    read_at: float
+    wanted: dict
+    stale: set
+    done: set
+    todo: list
+
+
+def _list_junit(pool: ThreadPoolExecutor, artifacts: ArtifactStore, paths: list[str]) -> dict[str, Future]:
+    """Each build's pending listing of its JUnit files (shared listings on a remote store);
+    empty when each build lists its own folder as it is fetched (a local folder)."""
+    if not artifacts.lists_by_glob:
+        return {}
+    futures = {}
+    for listing in junit_listings(paths):
+        future = pool.submit(junit_files, artifacts, listing)
+        futures.update(dict.fromkeys(listing.builds, future))
+    return futures
 
 
 def builds_with_all_junit_malformed(junit: pa.Table) -> list[dict]:

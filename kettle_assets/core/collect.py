@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .junit import parse_junit
-from .listing import ArtifactReader, BadPath, Candidate, check_build_path, junit_paths
+from .listing import ArtifactReader, BadPath, Candidate, ObjectInfo, check_build_path, junit_paths
 from .rows import epoch_seconds
 
 DAY_SECONDS = 86400
@@ -153,10 +154,16 @@ class BuildJUnit:
     problems: list[str] = field(default_factory=list)
 
 
-def fetch_junit(store: ArtifactReader, path: str, finished_hash: str | None, max_file_bytes: int) -> BuildJUnit:
-    """Every JUnit file of one build, parsed; a file that fails costs only itself."""
+def fetch_junit(
+    store: ArtifactReader, path: str, finished_hash: str | None, max_file_bytes: int,
+    files: list[ObjectInfo] | None = None, parse_slots: AbstractContextManager = nullcontext(),
+) -> BuildJUnit:
+    """Every JUnit file of one build (`files` when a shared listing found them), parsed; a file
+    that fails costs only itself. Parsing holds one of `parse_slots`: many downloads may wait
+    on the network at once, but a parsed tree is many times its file's size, so only as many
+    files are parsed at once as there are slots."""
     out = BuildJUnit(path=path, finished_hash=finished_hash)
-    for obj in junit_paths(store, path):
+    for obj in junit_paths(store, path) if files is None else files:
         out.files += 1
         if obj.size > max_file_bytes:
             out.too_large += 1
@@ -168,7 +175,9 @@ def fetch_junit(store: ArtifactReader, path: str, finished_hash: str | None, max
             out.malformed += 1
             continue
         out.bytes += len(data)
-        parsed = parse_junit(data)
+        with parse_slots:
+            parsed = parse_junit(data)
+        del data
         out.bad_times += parsed.bad_times
         if parsed.malformed:
             out.malformed += 1

@@ -34,6 +34,14 @@ class ArtifactStore(dg.ConfigurableResource):
     def stat(self, path: str) -> ObjectInfo | None:
         raise NotImplementedError
 
+    def list_glob(self, prefix: str, glob: str) -> list[ObjectInfo]:
+        return self.list_objects(prefix, recursive=True)  # more than matches: the caller filters
+
+    @property
+    def lists_by_glob(self) -> bool:
+        """True when one filtered listing beats a listing per build (a remote store)."""
+        return False
+
     @property
     def retries(self) -> int:
         """Transient failures retried so far (stores that cannot fail transiently: 0)."""

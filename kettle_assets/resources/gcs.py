@@ -48,7 +48,7 @@ class GCSJsonClient:
     """One pooled session to the GCS JSON API (or the server STORAGE_EMULATOR_HOST names)."""
 
     def __init__(self, *, timeout: float, deadline: float, initial_backoff: float, max_backoff: float,
-                 connections: int, endpoint: str | None = None):
+                 connections: int, first_timeout: float = 2.0, endpoint: str | None = None):
         import requests
         from requests.adapters import HTTPAdapter
 
@@ -69,6 +69,7 @@ class GCSJsonClient:
         session.mount("https://", adapter)
         self.session = session
         self.timeout = timeout
+        self.first_timeout = first_timeout
         self.deadline = deadline
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
@@ -82,11 +83,14 @@ class GCSJsonClient:
 
         give_up = time.monotonic() + self.deadline
         delay = self.initial_backoff
+        # A healthy answer starts within a fraction of a second: a first attempt that waits
+        # longer is abandoned early and retried, each retry waiting twice as long, up to `timeout`.
+        attempt_timeout = min(self.first_timeout, self.timeout)
         while True:
             with self.lock:
                 self.requests[kind] += 1
             try:
-                resp = self.session.get(url, params=params, timeout=self.timeout)
+                resp = self.session.get(url, params=params, timeout=attempt_timeout)
                 if resp.status_code == 404:
                     return None
                 if resp.status_code < 300:
@@ -96,6 +100,7 @@ class GCSJsonClient:
                     raise GCSError(failure)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 failure = f"{type(exc).__name__} for {kind} {url}: {exc}"
+                attempt_timeout = min(attempt_timeout * 2, self.timeout)
             # Full jitter: retrying clients spread out instead of returning together.
             pause = random.uniform(0, delay)
             if time.monotonic() + pause > give_up:
@@ -152,12 +157,15 @@ class GCSArtifactStore(ArtifactStore):
     Every request has a timeout, and transient failures (408, 429, 5xx,
     connection resets, timeouts) are retried with jittered exponential backoff
     until `deadline_seconds`; then the call raises and the run fails rather
-    than hanging. A short timeout is what keeps a stalled request from holding
-    a fetch thread for long.
+    than hanging. A short first-attempt timeout is what keeps a stalled request
+    from holding a fetch thread for long.
     """
 
     project: Optional[str] = Field(default=None, description="GCP project (unused for reads; kept for settings).")
     request_timeout_seconds: float = Field(default=10.0, description="Connect timeout, and longest wait for a byte.")
+    first_attempt_timeout_seconds: float = Field(
+        default=2.0, description="The same for a first attempt; each retry doubles it, up to request_timeout_seconds."
+    )
     deadline_seconds: float = Field(default=120.0, description="Total time one call may spend retrying.")
     initial_backoff_seconds: float = Field(default=0.2, description="First retry delay (jittered, doubling).")
     max_backoff_seconds: float = Field(default=10.0, description="Longest retry delay.")
@@ -173,7 +181,7 @@ class GCSArtifactStore(ArtifactStore):
                     self._client_ = GCSJsonClient(
                         timeout=self.request_timeout_seconds, deadline=self.deadline_seconds,
                         initial_backoff=self.initial_backoff_seconds, max_backoff=self.max_backoff_seconds,
-                        connections=self.max_connections,
+                        connections=self.max_connections, first_timeout=self.first_attempt_timeout_seconds,
                     )
         return self._client_
 
@@ -195,6 +203,15 @@ class GCSArtifactStore(ArtifactStore):
         bucket, name = split_url(prefix)
         found = self._client().list(bucket, name, delimiter=None if recursive else "/")
         return [] if found is None else sorted(found[0], key=lambda o: o.path)
+
+    def list_glob(self, prefix: str, glob: str) -> list[ObjectInfo]:
+        bucket, name = split_url(prefix)
+        found = self._client().list(bucket, name, match_glob=glob, kind="list_glob")
+        return [] if found is None else sorted(found[0], key=lambda o: o.path)
+
+    @property
+    def lists_by_glob(self) -> bool:
+        return True
 
     def read(self, path: str) -> bytes | None:
         return self._client().media(*split_url(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 
 import dagster as dg
@@ -20,6 +21,9 @@ class KettleSettings(dg.ConfigurableResource):
 
     buckets_file: str = Field(description="Path to buckets.yaml.")
     fetch_threads: int = Field(description="Bounded thread pool for artifact fetches.")
+    parse_threads: int = Field(
+        default=0, description="JUnit files parsed at once (a parsed file is many times its size); 0: one per CPU."
+    )
     max_junit_file_bytes: int = Field(
         default=256 * 1024 * 1024, description="JUnit files larger than this are skipped and counted."
     )
@@ -34,6 +38,10 @@ class KettleSettings(dg.ConfigurableResource):
         default="",
         description="Public address of the CI report's folder (KETTLE_REPORT_URL); empty: the folder as a file:// URL.",
     )
+
+    @property
+    def parse_slots(self) -> int:
+        return self.parse_threads or os.cpu_count() or 2
 
     @cached_property
     def buckets(self) -> BucketSet:
