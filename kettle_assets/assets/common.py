@@ -13,6 +13,9 @@ BUCKET_GROUP = "collect"
 STAGING_GROUP = "stage"
 WAREHOUSE_GROUP = "warehouse"
 
+# A backfill of many days runs a month at a time, so no run holds the warehouse pool for long.
+DAYS_PER_BACKFILL_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=31)
+
 # Kettle's monitor.py failed when a table had not changed for 6 hours.
 STALE_AFTER_6_HOURS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=6), warn_window=timedelta(hours=2))
 

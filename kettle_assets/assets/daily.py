@@ -26,14 +26,12 @@ from ..resources.settings import KettleSettings
 from ..core.schema import ROW_SCHEMA
 from ..resources.staging import JUNIT_SCHEMA, StagingStore
 from ..resources.warehouse import Warehouse
-from .common import STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, fetch_unordered, md_table, report_refused
+from .common import DAYS_PER_BACKFILL_RUN, STAGING_GROUP, STALE_AFTER_6_HOURS, WAREHOUSE_GROUP, fetch_unordered, md_table, report_refused
 from .links import md_link
 
 ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
 JUNIT_CHUNK = 5000  # builds whose JUnit listings are held at a time
 MALFORMED_SHARE_LIMIT = 0.05  # more malformed JUnit files than this fails the check
-# A backfill of many days runs a month at a time, so no run holds the warehouse pool for long.
-DAYS_PER_BACKFILL_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=31)
 
 
 class JUnitConfig(dg.Config):

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from ..resources.warehouse import Warehouse
-from .common import WAREHOUSE_GROUP, md_table
+from .common import DAYS_PER_BACKFILL_RUN, WAREHOUSE_GROUP, md_table
 
 METRICS_GROUP = "metrics"
 
@@ -14,7 +14,7 @@ def make_test_results_asset(days: dg.DailyPartitionsDefinition, build_all: dg.As
         partitions_def=days,
         group_name=WAREHOUSE_GROUP,
         deps=[build_all],
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=DAYS_PER_BACKFILL_RUN,
         kinds={"duckdb", "bigquery"},
         pool="warehouse",
         code_version="1",
