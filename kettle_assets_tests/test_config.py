@@ -1,6 +1,6 @@
 """buckets.yaml loading and validation.
 
-Every rule of §2 must fail on load with a BucketConfigError whose message
+Every rule of `core/config.py` fails on load with a BucketConfigError whose message
 names the offending entry (its URL) and the rule it breaks.
 """
 
