@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from kettle_assets_tests.support.fault_proxy import Faults
+from kettle_assets_tests.support.http_server import BackgroundHTTPServer
 
 PAGE_LIMIT = 1000
 
@@ -74,7 +75,7 @@ class QuietServer(ThreadingHTTPServer):
         pass
 
 
-class GCSServer:
+class GCSServer(BackgroundHTTPServer):
     def __init__(self, tree: Path, latency: float = 0.0, fault_rate: float = 0.0, stall_seconds: float = 20.0,
                  seed: int = 7):
         self.tree = Path(tree).resolve()
@@ -98,20 +99,7 @@ class GCSServer:
                 names.extend(n if rel == "." else f"{rel}/{n}" for n in files)
             self.names[bucket.name] = sorted(names)
         self.objects = sum(len(v) for v in self.names.values())
-        self.httpd = QuietServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> "GCSServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(self._handler(), QuietServer)
 
     def listing(self, bucket: str, q: dict) -> dict:
         names = self.names[bucket]

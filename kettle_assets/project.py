@@ -265,10 +265,11 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
-def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+def build_assets(settings: Settings, days: dg.DailyPartitionsDefinition | None = None) -> list[dg.AssetsDefinition]:
+    """The assets over `days` (default: the day partitions the settings' staging gives)."""
+    days = days or day_partitions(first_partition_day(settings))
     buckets = load_buckets(settings.buckets_file)
     build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
-    days = day_partitions(first_partition_day(settings))
     junit_results, build_rows, build_all = make_daily_assets(days, build_metadata)
     test_results = make_test_results_asset(days, build_all)
     assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
@@ -283,14 +284,15 @@ def build_checks() -> list[dg.AssetChecksDefinition]:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    days = day_partitions(first_partition_day(settings))  # read from staging once per load
     return dg.Definitions(
-        assets=build_assets(settings),
+        assets=build_assets(settings, days),
         asset_checks=build_checks(),
         resources=build_resources(settings),
         jobs=JOBS,
         schedules=SCHEDULES,
         sensors=[
-            *SENSORS, publish_sensor(day_partitions(first_partition_day(settings))), failure_clusters_automation, alert_on_new_failures,
+            *SENSORS, publish_sensor(days), failure_clusters_automation, alert_on_new_failures,
         ],
         executor=dg.in_process_executor,
     )

@@ -79,10 +79,10 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return totals
 
 
-def _definitions(settings: Settings, resources: dict) -> dg.Definitions:
+def _definitions(settings: Settings, resources: dict, days: dg.DailyPartitionsDefinition) -> dg.Definitions:
     """The code location's jobs over the current day partitions, so the sync's runs carry their names."""
     return dg.Definitions(
-        assets=build_assets(settings), asset_checks=build_checks(), resources=resources,
+        assets=build_assets(settings, days), asset_checks=build_checks(), resources=resources,
         jobs=JOBS, executor=dg.in_process_executor,
     )
 
@@ -155,7 +155,7 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
     log_config = LOG_INFO if verbose else LOG_QUIET
     summary = SyncSummary()
     resources = build_resources(settings)
-    defs = _definitions(settings, resources)
+    defs = _definitions(settings, resources, day_partitions(first_partition_day(settings)))
     instance = instance or get_instance(settings)
     buckets = resources["settings"].buckets
 
@@ -192,7 +192,7 @@ def _run_sync(settings, instance, as_of, recheck_paths, echo, rebuild_warehouse,
 
     # Day partitions start at the first staged day: what was just collected may have moved it.
     days = day_partitions(first_partition_day(settings))
-    defs = _definitions(settings, resources)
+    defs = _definitions(settings, resources, days)
     # Every day with unpublished changes: this cycle's, and any an earlier cycle failed to publish.
     pending = set(resources["staging"].dirty_days()) | affected
     if rebuild_warehouse:  # every staged day published again, e.g. into a new, empty warehouse

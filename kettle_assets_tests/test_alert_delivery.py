@@ -53,7 +53,7 @@ def warehouse(tmp_path):
 
 def alerts_to(receiver, tmp_path, **config) -> AlertWebhooks:
     return AlertWebhooks(
-        webhooks=f"slack:{receiver.url('/slack')},json:{receiver.url('/json')}", report_url=REPORT,
+        webhooks=f"slack:{receiver.url_of('/slack')},json:{receiver.url_of('/json')}", report_url=REPORT,
         outbox_file=str(tmp_path / "alerts" / "outbox.sqlite"), timeout_seconds=5, **config,
     )
 
@@ -111,7 +111,7 @@ def test_a_failed_post_is_retried_after_its_wait_and_arrives_once(receiver, ware
 
 def test_a_webhook_down_for_hours_gets_its_messages_when_it_is_back(receiver, warehouse, tmp_path):
     receiver.statuses["/json"] = [500] * 6
-    alerts = AlertWebhooks(webhooks=f"json:{receiver.url('/json')}", report_url=REPORT,
+    alerts = AlertWebhooks(webhooks=f"json:{receiver.url_of('/json')}", report_url=REPORT,
                            outbox_file=str(tmp_path / "outbox.sqlite"), retry_base_seconds=30, retry_max_seconds=600)
     now = T0
     alert_round(warehouse, alerts, "", lambda _l: None, now=now)
@@ -145,7 +145,7 @@ def event(key: str) -> AlertEvent:
 
 
 def test_events_recorded_by_a_process_killed_before_posting_are_posted_on_restart(receiver, tmp_path):
-    hooks, outbox = f"json:{receiver.url('/json')}", str(tmp_path / "outbox.sqlite")
+    hooks, outbox = f"json:{receiver.url_of('/json')}", str(tmp_path / "outbox.sqlite")
     assert run_child(hooks, outbox, "record", event("a").to_json(), event("b").to_json()) == -signal.SIGKILL
     assert receiver.received == []
     restarted = AlertWebhooks(webhooks=hooks, report_url=REPORT, outbox_file=outbox)
@@ -155,7 +155,7 @@ def test_events_recorded_by_a_process_killed_before_posting_are_posted_on_restar
 
 
 def test_a_process_killed_between_post_and_mark_posts_again_once_with_the_same_key(receiver, tmp_path):
-    hooks, outbox = f"json:{receiver.url('/json')}", str(tmp_path / "outbox.sqlite")
+    hooks, outbox = f"json:{receiver.url_of('/json')}", str(tmp_path / "outbox.sqlite")
     alerts = AlertWebhooks(webhooks=hooks, report_url=REPORT, outbox_file=outbox, timeout_seconds=5)
     alerts.record([event("a")], time.time())
     child = subprocess.Popen([sys.executable, "-c", CHILD, hooks, outbox, "deliver"])
@@ -218,7 +218,7 @@ SAMPLE_EVENTS = [
 def test_kettle_sync_posts_the_samples_events_once(sample_tree, tmp_path, receiver):
     kettle = Kettle(sample_tree, tmp_path / "home")
     kettle.settings = dataclasses.replace(
-        kettle.settings, alert_webhooks=f"json:{receiver.url('/json')}", report_url="https://ci.example/report")
+        kettle.settings, alert_webhooks=f"json:{receiver.url_of('/json')}", report_url="https://ci.example/report")
     first = kettle.sync()
     assert [p.body["key"] for p in receiver.accepted()] == SAMPLE_EVENTS
     assert first.alerts == {"found": 3, "new": 3, "alerts_posted": 3, "alert_posts_failed": 0, "alerts_pending": 0,
@@ -275,7 +275,7 @@ def test_a_refused_connection_waits_for_a_retry_and_logs_no_secret(tmp_path):
 
 def test_two_deliverers_at_once_post_each_message_once(receiver, tmp_path):
     """The sensor and a `kettle sync` may deliver at the same moment: leases keep them apart."""
-    hooks, outbox = f"json:{receiver.url('/json')}", str(tmp_path / "outbox.sqlite")
+    hooks, outbox = f"json:{receiver.url_of('/json')}", str(tmp_path / "outbox.sqlite")
     AlertWebhooks(webhooks=hooks, report_url=REPORT, outbox_file=outbox).record([event(f"e{i}") for i in range(30)], T0)
     posted = []
 

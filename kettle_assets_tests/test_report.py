@@ -3,6 +3,9 @@ rendered site (files, links, paging, one plotly.js)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import duckdb
@@ -184,3 +187,22 @@ def test_hostile_names_are_escaped_and_get_safe_file_names(tmp_path):
     html = page.read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<b>x</b>" not in html
+
+
+def test_a_render_killed_midway_leaves_nothing_behind_after_the_next(tmp_path):
+    # a render SIGKILLed between its steps leaves its half-written and swapped-out folders
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    leftovers = [tmp_path / f".report.new-{gone.pid}", tmp_path / f".report.old-{gone.pid}"]
+    for path in leftovers:
+        (path / "jobs").mkdir(parents=True)
+    living = tmp_path / f".report.new-{os.getppid()}"  # a render still going in another process
+    living.mkdir()
+    pages, _ = site_pages({k: [] for k in ("overview", "jobs", "job_days", "grid_builds", "grid_results",
+                                           "grid_passing", "flaky_tests", "flaky_jobs", "history")}
+                          | {"unstarted": [{"n": 0}], "unnamed_tests": [{"n": 0}]}, WINDOW, SiteOptions(), lambda p: None)
+    render_site(pages, tmp_path / "report", WINDOW)
+    assert (tmp_path / "report" / "index.html").exists()
+    assert not any(p.exists() for p in leftovers)
+    assert living.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report", living.name])

@@ -262,12 +262,31 @@ def plotly_js() -> bytes:
     return get_plotlyjs().encode()
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """The half-written or swapped-out folders of renders killed midway (their process is gone)."""
+    for path in folder.parent.glob(f".{folder.name}.*-*"):
+        kind, _, pid = path.name[len(folder.name) + 2:].partition("-")
+        if kind in ("new", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def render_site(pages: list[Page], folder: Path, window: rd.ReportWindow, generated: datetime | None = None) -> RenderStats:
     """Write every page, the static files and plotly.js into a new folder, then swap it in for
     `folder`: readers see the old report or the new one, never a mix of both."""
     started = time.perf_counter()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(folder)
     fresh = folder.with_name(f".{folder.name}.new-{os.getpid()}")
     shutil.rmtree(fresh, ignore_errors=True)
     (fresh / "assets").mkdir(parents=True)

@@ -14,8 +14,10 @@ import struct
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from .http_server import BackgroundHTTPServer
 
 
 class Faults:
@@ -41,7 +43,7 @@ class Faults:
         return fault
 
 
-class FaultProxy:
+class FaultProxy(BackgroundHTTPServer):
     def __init__(self, upstream: str, *, error_500=0.1, error_429=0.1, reset=0.05, stall=0.05,
                  stall_seconds=2.0, seed=1234):
         self.upstream = urlsplit(upstream)
@@ -93,21 +95,7 @@ class FaultProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "FaultProxy":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 class BlackHole:

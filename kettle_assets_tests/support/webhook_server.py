@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
+
+from .http_server import BackgroundHTTPServer
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,7 @@ class Post:
     body: dict
 
 
-class WebhookReceiver:
+class WebhookReceiver(BackgroundHTTPServer):
     """`statuses[path]`: the answers to give that path's next posts (then 200); `on_post` runs
     before a post is answered (e.g. to kill the poster mid-post)."""
 
@@ -47,22 +49,12 @@ class WebhookReceiver:
             def log_message(self, *_args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def accepted(self, path: str | None = None) -> list[Post]:
         """The posts answered 200 (to `path`, or to any)."""
         with self._lock:
             return [p for p in self.received if p.status == 200 and (path is None or p.path == path)]
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def __enter__(self) -> "WebhookReceiver":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+    def url_of(self, path: str) -> str:
+        return self.url + path
