@@ -198,20 +198,16 @@ refresh_metrics = dg.AutomationConditionSensorDefinition(
     description="Recompute test_results and the metrics after new rows are published, then the CI report.",
 )
 
-def publish_sensor(days: dg.PartitionsDefinition) -> dg.SensorDefinition:
-    """The publish sensor over the code location's day partitions (which depend on settings)."""
-
-    @dg.sensor(
-        name="publish_affected_days",
-        jobs=[stage_and_publish_job, refresh_windows_job],
-        minimum_interval_seconds=30,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Stage and publish the days each build_metadata materialization touched, then refresh the windows.",
-    )
-    def publish_affected_days(context: dg.SensorEvaluationContext, staging: StagingStore):
-        return affected_days_requests(context, staging, days)
-
-    return publish_affected_days
+@dg.sensor(
+    jobs=[stage_and_publish_job, refresh_windows_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Stage and publish the days each build_metadata materialization touched, then refresh the windows.",
+)
+def publish_affected_days(context: dg.SensorEvaluationContext, staging: StagingStore):
+    # The code location's day partitions, as bound to its home (first staged day onwards).
+    days = context.repository_def.assets_defs_by_key[dg.AssetKey("build_all")].partitions_def
+    return affected_days_requests(context, staging, days)
 
 
 def affected_days_requests(
@@ -261,4 +257,4 @@ def affected_days_requests(
 
 
 SCHEDULES = [reconcile_buckets, refresh_windows_hourly, close_yesterday]
-SENSORS = [stream_finished_builds, refresh_metrics]  # and publish_sensor(days) of the code location
+SENSORS = [stream_finished_builds, refresh_metrics, publish_affected_days]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,17 +16,17 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from .automation import JOBS, SCHEDULES, SENSORS, publish_sensor
+from .automation import JOBS, SCHEDULES, SENSORS
 from .assets.alerts import alert_on_new_failures
-from .assets.collection import make_collection_assets
+from .assets.collection import build_listing, build_metadata
 from .assets.checks import make_build_checks, make_contract_checks
-from .assets.common import bucket_partitions, day_partitions
-from .assets.daily import make_daily_assets
+from .assets.daily import build_all, build_rows, junit_results
+from .assets.partitions import EARLIEST_START_DATE, bind_partitions, bucket_partitions, day_partitions
 from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.failure_clusters import failure_clusters, failure_clusters_automation
 from .assets.metrics import METRIC_ASSETS
 from .assets.report import ci_report
-from .assets.test_results import make_test_results_asset
+from .assets.test_results import test_results
 from .assets.windows import build_day, build_week
 from .core.alerts import AlertRules
 from .core.config import load_buckets
@@ -40,11 +39,8 @@ from .resources.staging import StagingStore
 from .resources.warehouse import DuckDBWarehouse
 from .resources.webhooks import AlertWebhooks, parse_webhooks
 
-EARLIEST_START_DATE = "2014-01-01"  # Kettle's first year: staged days before it are bad timestamps
 DAYS_WITHOUT_DATA = 14  # an empty home's partitions: the last two weeks
 
-# BackfillPolicy (many days in one run, a month at most) is marked beta.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
 @dataclass(frozen=True)
@@ -269,14 +265,14 @@ def build_assets(settings: Settings, days: dg.DailyPartitionsDefinition | None =
     """The assets over `days` (default: the day partitions the settings' staging gives)."""
     days = days or day_partitions(first_partition_day(settings))
     buckets = load_buckets(settings.buckets_file)
-    build_listing, build_metadata = make_collection_assets(bucket_partitions(buckets))
-    junit_results, build_rows, build_all = make_daily_assets(days, build_metadata)
-    test_results = make_test_results_asset(days, build_all)
-    assets = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
-    return [
-        *(with_owners_and_schema(a, bucket_owners(buckets)) for a in assets),
-        test_results, *METRIC_ASSETS, failure_clusters, ci_report,
-    ]
+    collected = [build_listing, build_metadata, junit_results, build_rows, build_all, build_week, build_day]
+    return bind_partitions(
+        [
+            *(with_owners_and_schema(a, bucket_owners(buckets)) for a in collected),
+            test_results, *METRIC_ASSETS, failure_clusters, ci_report,
+        ],
+        buckets=bucket_partitions(buckets), days=days,
+    )
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:
@@ -284,16 +280,13 @@ def build_checks() -> list[dg.AssetChecksDefinition]:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    days = day_partitions(first_partition_day(settings))  # read from staging once per load
     return dg.Definitions(
-        assets=build_assets(settings, days),
+        assets=build_assets(settings),
         asset_checks=build_checks(),
         resources=build_resources(settings),
         jobs=JOBS,
         schedules=SCHEDULES,
-        sensors=[
-            *SENSORS, publish_sensor(days), failure_clusters_automation, alert_on_new_failures,
-        ],
+        sensors=[*SENSORS, failure_clusters_automation, alert_on_new_failures],
         executor=dg.in_process_executor,
     )
 

@@ -25,7 +25,7 @@ from .automation import (
 from .assets.alerts import alert_round
 from .core import report_links
 from .launcher import RUN_PID_TAG
-from .assets.common import day_partitions
+from .assets.partitions import day_partitions
 from .project import Settings, build_assets, build_checks, build_resources, first_partition_day
 from .resources.warehouse import DuckDBWarehouse
 

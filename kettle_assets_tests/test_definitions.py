@@ -66,3 +66,33 @@ def test_reconcile_buckets_asks_for_every_bucket_one_run_at_a_time_each(tmp_path
     keys = build_resources(settings)["settings"].buckets.keys
     assert [r.partition_key for r in requests] == keys
     assert [r.tags["kettle/bucket"] for r in requests] == keys  # dagster.yaml: one run per bucket at a time
+
+
+def test_each_stage_file_defines_its_assets_and_the_home_narrows_their_partitions(tmp_path):
+    """Assets are module-level objects of their stage's file; a home's code location gives them
+    its buckets and days starting at its first staged day, without touching the declarations."""
+    from kettle_assets.assets import collection, daily, partitions, test_results
+    from kettle_assets.core.config import load_buckets
+
+    declared = {
+        "build_listing": collection.build_listing, "build_metadata": collection.build_metadata,
+        "junit_results": daily.junit_results, "build_rows": daily.build_rows, "build_all": daily.build_all,
+        "test_results": test_results.test_results,
+    }
+    for name, asset in declared.items():
+        assert asset.key == dg.AssetKey(name)
+        assert asset.partitions_def in (partitions.BUCKETS, partitions.DAYS)
+    assert partitions.BUCKETS.get_partition_keys() == load_buckets(BUCKETS).keys  # the repository's buckets.yaml
+
+    home = tmp_path / "home"
+    own_buckets = tmp_path / "buckets.yaml"
+    own_buckets.write_text('gs://our-ci/logs/:\n  contact: "us"\n  prefix: ""\n')
+    settings = Settings(buckets_file=str(own_buckets), storage_root=str(tmp_path), home=str(home), start_date="2026-10-03")
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    for name in ("junit_results", "build_rows", "build_all", "test_results"):
+        days = graph.get(dg.AssetKey(name)).partitions_def
+        assert days.get_first_partition_window().start.date().isoformat() == "2026-10-03"
+    for name in ("build_listing", "build_metadata"):
+        assert graph.get(dg.AssetKey(name)).partitions_def.get_partition_keys() == ["our-ci/logs"]
+    assert partitions.DAYS.start.date().isoformat() == partitions.EARLIEST_START_DATE  # declarations untouched

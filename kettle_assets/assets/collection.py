@@ -15,6 +15,7 @@ from ..core.listing import Candidate, ListingStats, list_candidates
 from ..resources.artifacts import ArtifactStore
 from ..resources.staging import KNOWN_SCHEMA, METADATA_SCHEMA, StagingStore
 from ..resources.settings import KettleSettings
+from .partitions import BUCKETS
 from .common import BUCKET_GROUP, fetch_unordered, md_table, report_refused
 
 FETCH_CHUNK = 5000  # builds fetched and merged into staging at a time
@@ -41,154 +42,151 @@ def _bucket(settings: KettleSettings, key: str):
     return settings.buckets.by_key(key)
 
 
-def make_collection_assets(partitions: dg.StaticPartitionsDefinition):
-    @dg.asset(
-        partitions_def=partitions,
-        group_name=BUCKET_GROUP,
-        kinds={"python", "parquet"},
-        code_version="1",
-        description="Builds in one bucket not collected yet (Kettle's listing rules), written to staging.",
+@dg.asset(
+    partitions_def=BUCKETS,
+    group_name=BUCKET_GROUP,
+    kinds={"python", "parquet"},
+    code_version="1",
+    description="Builds in one bucket not collected yet (Kettle's listing rules), written to staging.",
+)
+def build_listing(
+    context: dg.AssetExecutionContext, config: ListingConfig, artifacts: ArtifactStore,
+    staging: StagingStore, settings: KettleSettings,
+) -> dg.MaterializeResult:
+    key = context.partition_key
+    bucket = _bucket(settings, key)
+    started = time.monotonic()
+    retries_before, refused_before = artifacts.retries, artifacts.refused
+    known = staging.read_known(bucket.slug)
+    known_keys = set(known.column("listed_as").to_pylist())
+    stats = ListingStats()
+    with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
+        records = [
+            {"listed_as": c.listed_as, "job": c.job, "path": c.path}
+            for c in list_candidates(
+                artifacts, bucket, known_keys, stats, map_jobs=lambda fn, jobs: _windowed_map(pool, fn, jobs, settings.fetch_threads)
+            )
+        ]
+    seen = {r["listed_as"] for r in records}
+    for path in config.recheck_paths:
+        path = path.rstrip("/")
+        if path.startswith(bucket.url) and path not in seen:
+            parent = path.rsplit("/", 2)
+            job = parent[-2] if len(parent) >= 3 else ""
+            if bucket.excludes(job):
+                continue
+            records.append({"listed_as": path, "job": job, "path": path})
+    size = staging.write_listing(bucket.slug, records)
+    elapsed = time.monotonic() - started
+    context.log.info(
+        f"build_listing {key}: {stats.jobs} jobs ({stats.jobs_excluded} excluded), "
+        f"{stats.builds_seen} builds seen, {stats.known_skipped} known, {len(records)} candidates in {elapsed:.1f}s"
     )
-    def build_listing(
-        context: dg.AssetExecutionContext, config: ListingConfig, artifacts: ArtifactStore,
-        staging: StagingStore, settings: KettleSettings,
-    ) -> dg.MaterializeResult:
-        key = context.partition_key
-        bucket = _bucket(settings, key)
-        started = time.monotonic()
-        retries_before, refused_before = artifacts.retries, artifacts.refused
-        known = staging.read_known(bucket.slug)
-        known_keys = set(known.column("listed_as").to_pylist())
-        stats = ListingStats()
-        with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
-            records = [
-                {"listed_as": c.listed_as, "job": c.job, "path": c.path}
-                for c in list_candidates(
-                    artifacts, bucket, known_keys, stats, map_jobs=lambda fn, jobs: _windowed_map(pool, fn, jobs, settings.fetch_threads)
-                )
-            ]
-        seen = {r["listed_as"] for r in records}
-        for path in config.recheck_paths:
-            path = path.rstrip("/")
-            if path.startswith(bucket.url) and path not in seen:
-                parent = path.rsplit("/", 2)
-                job = parent[-2] if len(parent) >= 3 else ""
-                if bucket.excludes(job):
-                    continue
-                records.append({"listed_as": path, "job": job, "path": path})
-        size = staging.write_listing(bucket.slug, records)
-        elapsed = time.monotonic() - started
-        context.log.info(
-            f"build_listing {key}: {stats.jobs} jobs ({stats.jobs_excluded} excluded), "
-            f"{stats.builds_seen} builds seen, {stats.known_skipped} known, {len(records)} candidates in {elapsed:.1f}s"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "jobs": stats.jobs,
-                "jobs_excluded": stats.jobs_excluded,
-                "builds_seen": stats.builds_seen,
-                "builds_known": len(known_keys),
-                "candidates": len(records),
-                "bad_paths": stats.bad_paths,
-                "artifact_retries": artifacts.retries - retries_before,
-                "artifacts_refused": report_refused(context, artifacts, refused_before, f"build_listing {key}"),
-                "bytes": dg.MetadataValue.int(size),
-                "seconds": round(elapsed, 2),
-                "preview": dg.MetadataValue.md(md_table(records[:10], ["job", "listed_as"])),
-            }
-        )
-
-    @dg.asset(
-        partitions_def=partitions,
-        group_name=BUCKET_GROUP,
-        deps=[build_listing],
-        kinds={"python", "parquet"},
-        code_version="1",
-        description=(
-            "started.json/finished.json of each listed build; finished builds are staged by the UTC day "
-            "they finished, unfinished ones retried next time, ones started over 5 days ago given up."
-        ),
+    return dg.MaterializeResult(
+        metadata={
+            "jobs": stats.jobs,
+            "jobs_excluded": stats.jobs_excluded,
+            "builds_seen": stats.builds_seen,
+            "builds_known": len(known_keys),
+            "candidates": len(records),
+            "bad_paths": stats.bad_paths,
+            "artifact_retries": artifacts.retries - retries_before,
+            "artifacts_refused": report_refused(context, artifacts, refused_before, f"build_listing {key}"),
+            "bytes": dg.MetadataValue.int(size),
+            "seconds": round(elapsed, 2),
+            "preview": dg.MetadataValue.md(md_table(records[:10], ["job", "listed_as"])),
+        }
     )
-    def build_metadata(
-        context: dg.AssetExecutionContext, config: MetadataConfig, artifacts: ArtifactStore,
-        staging: StagingStore, settings: KettleSettings,
-    ) -> dg.MaterializeResult:
-        key = context.partition_key
-        bucket = _bucket(settings, key)
-        if config.builds:
-            candidates, not_in_bucket = named_candidates(bucket, settings, config.builds, context.log)
-        else:
-            listing = staging.read_listing(bucket.slug).to_pylist()
-            candidates, not_in_bucket = [Candidate(r["listed_as"], r["job"], r["path"]) for r in listing], 0
-        now = config.as_of if config.as_of is not None else time.time()
-        t0 = time.monotonic()
-        retries_before, refused_before = artifacts.retries, artifacts.refused
-        states: Counter = Counter()
-        problems: list[str] = []
-        merged = MergeCounts()
-        known_by_path = {r["path"]: r for r in staging.read_known(bucket.slug).to_pylist()}
-        with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
-            # Chunks bound memory on a cold sync of a large bucket, and each chunk's
-            # progress is kept even if a later one fails.
-            for first in range(0, len(candidates), FETCH_CHUNK):
-                chunk = candidates[first : first + FETCH_CHUNK]
-                collected: list[collect.BuildMeta] = []
-                for meta in fetch_unordered(pool, lambda c: collect.fetch_build(artifacts, c, now), chunk, 2 * settings.fetch_threads):
-                    for p in meta.problems:
-                        context.log.warning(f"build_metadata {key}: {p}")
-                    problems.extend(meta.problems)
-                    owner = settings.buckets.owner_of(meta.path) if meta.path else None
-                    if meta.state in (collect.FINISHED, collect.GIVEN_UP) and owner not in (None, bucket):
-                        # a PR entry naming another bucket's build: that bucket collects it, once
-                        context.log.warning(
-                            f"build_metadata {key}: {meta.listed_as} points at {meta.path}, a build of "
-                            f"{owner.url}; skipped here"
-                        )
-                        meta.state = "foreign"
-                    elif meta.state == collect.FINISHED and bucket.excludes(_job_of(meta.path)):
-                        meta.state = "excluded"  # a PR entry whose folder belongs to an excluded job
-                    states[meta.state] += 1
-                    if meta.state in (collect.FINISHED, collect.GIVEN_UP):
-                        collected.append(meta)
-                merge_into_staging(staging, bucket, collected, known_by_path, merged)
-                context.log.info(f"build_metadata {key}: fetched {first + len(chunk)}/{len(candidates)} builds")
-        by_day = merged.by_day
-        affected = sorted(merged.affected)
-        new, updated, unchanged = merged.new, merged.updated, merged.unchanged
-        elapsed = time.monotonic() - t0
-        context.log.info(
-            f"build_metadata {key}: {len(candidates)} fetched in {elapsed:.1f}s: {new} new finished, "
-            f"{updated} updated, {states[collect.UNFINISHED]} unfinished, {states[collect.GIVEN_UP]} given up, "
-            f"{states[collect.ABSENT]} absent, {len(problems)} problems; days affected: {', '.join(affected) or 'none'}"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "fetched": len(candidates),
-                "new_finished": new,
-                "updated": updated,
-                "unchanged": unchanged,
-                "unfinished": states[collect.UNFINISHED],
-                "given_up": states[collect.GIVEN_UP],
-                "absent": states[collect.ABSENT],
-                "excluded": states["excluded"],
-                "foreign_builds": states["foreign"],
-                "bad_paths": states[collect.BAD_PATH],
-                "named_builds": len(config.builds),
-                "named_not_in_bucket": not_in_bucket,
-                "artifact_retries": artifacts.retries - retries_before,
-                "artifacts_refused": report_refused(context, artifacts, refused_before, f"build_metadata {key}"),
-                "problems": len(problems),
-                "known_builds": len(known_by_path),
-                "affected_days": dg.MetadataValue.json(affected),
-                "seconds": round(elapsed, 2),
-                "preview": dg.MetadataValue.md(
-                    md_table([{"day": d, "builds": by_day[d]} for d in affected[:20]], ["day", "builds"])
-                ),
-                "problems_preview": dg.MetadataValue.md(md_table([{"problem": p} for p in problems[:10]], ["problem"])),
-            }
-        )
 
-    return build_listing, build_metadata
+@dg.asset(
+    partitions_def=BUCKETS,
+    group_name=BUCKET_GROUP,
+    deps=[build_listing],
+    kinds={"python", "parquet"},
+    code_version="1",
+    description=(
+        "started.json/finished.json of each listed build; finished builds are staged by the UTC day "
+        "they finished, unfinished ones retried next time, ones started over 5 days ago given up."
+    ),
+)
+def build_metadata(
+    context: dg.AssetExecutionContext, config: MetadataConfig, artifacts: ArtifactStore,
+    staging: StagingStore, settings: KettleSettings,
+) -> dg.MaterializeResult:
+    key = context.partition_key
+    bucket = _bucket(settings, key)
+    if config.builds:
+        candidates, not_in_bucket = named_candidates(bucket, settings, config.builds, context.log)
+    else:
+        listing = staging.read_listing(bucket.slug).to_pylist()
+        candidates, not_in_bucket = [Candidate(r["listed_as"], r["job"], r["path"]) for r in listing], 0
+    now = config.as_of if config.as_of is not None else time.time()
+    t0 = time.monotonic()
+    retries_before, refused_before = artifacts.retries, artifacts.refused
+    states: Counter = Counter()
+    problems: list[str] = []
+    merged = MergeCounts()
+    known_by_path = {r["path"]: r for r in staging.read_known(bucket.slug).to_pylist()}
+    with ThreadPoolExecutor(max_workers=settings.fetch_threads) as pool:
+        # Chunks bound memory on a cold sync of a large bucket, and each chunk's
+        # progress is kept even if a later one fails.
+        for first in range(0, len(candidates), FETCH_CHUNK):
+            chunk = candidates[first : first + FETCH_CHUNK]
+            collected: list[collect.BuildMeta] = []
+            for meta in fetch_unordered(pool, lambda c: collect.fetch_build(artifacts, c, now), chunk, 2 * settings.fetch_threads):
+                for p in meta.problems:
+                    context.log.warning(f"build_metadata {key}: {p}")
+                problems.extend(meta.problems)
+                owner = settings.buckets.owner_of(meta.path) if meta.path else None
+                if meta.state in (collect.FINISHED, collect.GIVEN_UP) and owner not in (None, bucket):
+                    # a PR entry naming another bucket's build: that bucket collects it, once
+                    context.log.warning(
+                        f"build_metadata {key}: {meta.listed_as} points at {meta.path}, a build of "
+                        f"{owner.url}; skipped here"
+                    )
+                    meta.state = "foreign"
+                elif meta.state == collect.FINISHED and bucket.excludes(_job_of(meta.path)):
+                    meta.state = "excluded"  # a PR entry whose folder belongs to an excluded job
+                states[meta.state] += 1
+                if meta.state in (collect.FINISHED, collect.GIVEN_UP):
+                    collected.append(meta)
+            merge_into_staging(staging, bucket, collected, known_by_path, merged)
+            context.log.info(f"build_metadata {key}: fetched {first + len(chunk)}/{len(candidates)} builds")
+    by_day = merged.by_day
+    affected = sorted(merged.affected)
+    new, updated, unchanged = merged.new, merged.updated, merged.unchanged
+    elapsed = time.monotonic() - t0
+    context.log.info(
+        f"build_metadata {key}: {len(candidates)} fetched in {elapsed:.1f}s: {new} new finished, "
+        f"{updated} updated, {states[collect.UNFINISHED]} unfinished, {states[collect.GIVEN_UP]} given up, "
+        f"{states[collect.ABSENT]} absent, {len(problems)} problems; days affected: {', '.join(affected) or 'none'}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "fetched": len(candidates),
+            "new_finished": new,
+            "updated": updated,
+            "unchanged": unchanged,
+            "unfinished": states[collect.UNFINISHED],
+            "given_up": states[collect.GIVEN_UP],
+            "absent": states[collect.ABSENT],
+            "excluded": states["excluded"],
+            "foreign_builds": states["foreign"],
+            "bad_paths": states[collect.BAD_PATH],
+            "named_builds": len(config.builds),
+            "named_not_in_bucket": not_in_bucket,
+            "artifact_retries": artifacts.retries - retries_before,
+            "artifacts_refused": report_refused(context, artifacts, refused_before, f"build_metadata {key}"),
+            "problems": len(problems),
+            "known_builds": len(known_by_path),
+            "affected_days": dg.MetadataValue.json(affected),
+            "seconds": round(elapsed, 2),
+            "preview": dg.MetadataValue.md(
+                md_table([{"day": d, "builds": by_day[d]} for d in affected[:20]], ["day", "builds"])
+            ),
+            "problems_preview": dg.MetadataValue.md(md_table([{"problem": p} for p in problems[:10]], ["problem"])),
+        }
+    )
 
 
 @dataclass

@@ -1,33 +1,27 @@
-"""Partitions, group names and metadata helpers shared by the assets."""
+"""Group names, policies and metadata helpers shared by the assets."""
 
 
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import Callable, Iterable, Iterator
 
+import warnings
+
 import dagster as dg
 
-from ..core.config import BucketSet
 
 BUCKET_GROUP = "collect"
 STAGING_GROUP = "stage"
 WAREHOUSE_GROUP = "warehouse"
+
+# The assets' `backfill_policy` parameter is marked beta.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy")
 
 # A backfill of many days runs a month at a time, so no run holds the warehouse pool for long.
 DAYS_PER_BACKFILL_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=31)
 
 # Kettle's monitor.py failed when a table had not changed for 6 hours.
 STALE_AFTER_6_HOURS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=6), warn_window=timedelta(hours=2))
-
-
-def bucket_partitions(buckets: BucketSet) -> dg.StaticPartitionsDefinition:
-    """One partition per bucket of buckets.yaml, keyed `bucket/prefix`."""
-    return dg.StaticPartitionsDefinition(buckets.keys)
-
-
-def day_partitions(start_date: str) -> dg.DailyPartitionsDefinition:
-    """UTC days of the finished time; end_offset=1 so today exists."""
-    return dg.DailyPartitionsDefinition(start_date=start_date, end_offset=1, timezone="UTC")
 
 
 def md_table(rows: list[dict], cols: list[str], raw: tuple[str, ...] = ()) -> str:
