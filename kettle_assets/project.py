@@ -20,7 +20,9 @@ from .automation import JOBS, SCHEDULES, SENSORS
 from .assets.alerts import alert_on_new_failures
 from .assets.collection import build_listing, build_metadata
 from .assets.checks import make_build_checks, make_contract_checks
-from .assets.daily import build_all, build_rows, junit_results
+from .assets.build_all import build_all
+from .assets.build_rows import build_rows
+from .assets.junit_results import junit_results
 from .assets.partitions import EARLIEST_START_DATE, bind_partitions, bucket_partitions, day_partitions
 from .assets.links import DEFAULT_ARTIFACT_URL, bucket_owners, with_owners_and_schema
 from .assets.failure_clusters import failure_clusters, failure_clusters_automation

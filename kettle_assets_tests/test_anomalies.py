@@ -5,7 +5,7 @@ from datetime import date, timedelta
 import dagster as dg
 import pyarrow as pa
 
-from kettle_assets.assets.daily import builds_with_all_junit_malformed
+from kettle_assets.assets.junit_results import builds_with_all_junit_malformed
 from kettle_assets.core.anomalies import sharp_test_drops, thin_days
 from kettle_assets.resources.staging import JUNIT_SCHEMA
 

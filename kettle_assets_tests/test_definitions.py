@@ -71,12 +71,13 @@ def test_reconcile_buckets_asks_for_every_bucket_one_run_at_a_time_each(tmp_path
 def test_each_stage_file_defines_its_assets_and_the_home_narrows_their_partitions(tmp_path):
     """Assets are module-level objects of their stage's file; a home's code location gives them
     its buckets and days starting at its first staged day, without touching the declarations."""
-    from kettle_assets.assets import collection, daily, partitions, test_results
+    from kettle_assets.assets import build_all, build_rows, collection, junit_results, partitions, test_results
     from kettle_assets.core.config import load_buckets
 
     declared = {
         "build_listing": collection.build_listing, "build_metadata": collection.build_metadata,
-        "junit_results": daily.junit_results, "build_rows": daily.build_rows, "build_all": daily.build_all,
+        "junit_results": junit_results.junit_results, "build_rows": build_rows.build_rows,
+        "build_all": build_all.build_all,
         "test_results": test_results.test_results,
     }
     for name, asset in declared.items():

@@ -8,7 +8,14 @@ from typing import Callable, Iterable, Iterator
 import warnings
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
 
+
+ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
+
+# Every day reads the metadata of every bucket.
+ALL_BUCKETS_METADATA = dg.AssetDep("build_metadata", partition_mapping=dg.AllPartitionMapping())
 
 BUCKET_GROUP = "collect"
 STAGING_GROUP = "stage"
@@ -63,3 +70,10 @@ def fetch_unordered(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, in_
         done, pending = wait(pending, return_when=FIRST_COMPLETED)
         for future in done:
             yield future.result()
+
+
+def replace_paths(existing: pa.Table, paths: set[str], new: pa.Table) -> pa.Table:
+    """`existing` without `paths`, plus `new`, sorted by path: an Arrow-level upsert."""
+    if paths and existing.num_rows:
+        existing = existing.filter(pc.invert(pc.is_in(existing.column("path"), pa.array(sorted(paths)))))
+    return pa.concat_tables([existing, new.cast(existing.schema)]).sort_by("path")
