@@ -13,6 +13,10 @@ file atomically, so a crashed run leaves the previous version, never half.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
@@ -33,6 +37,22 @@ def use_jemalloc() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas() -> None:
+    """glibc gives threads up to 8 malloc arenas per CPU, and memory freed in one is not reused by
+    the others: with 64 fetch threads holding downloaded files, junit_results peaked at 478 MB
+    instead of 391 MB with two arenas (bench/gcs_path.py, 860 builds). MALLOC_ARENA_MAX wins."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):  # not glibc: its own allocator, nothing to bound
+        pass
+
+
 class StagingStore(StagedFiles, Exports, PublishBookkeeping, dg.ConfigurableResource):
     """Staging Parquet and exports under one data folder (KETTLE_HOME)."""
 
@@ -40,3 +60,4 @@ class StagingStore(StagedFiles, Exports, PublishBookkeeping, dg.ConfigurableReso
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         use_jemalloc()
+        limit_malloc_arenas()
