@@ -115,48 +115,45 @@ def _metric_asset(name: str, deps: list) -> dg.AssetsDefinition:
     return metric_asset
 
 
-def _flakiness_asset() -> dg.AssetsDefinition:
-    @dg.asset(
-        name=FLAKINESS_TABLE,
-        group_name=METRICS_GROUP,
-        deps=["test_results"],
-        kinds={"duckdb", "bigquery", "json"},
-        pool="warehouse",
-        code_version="1",
-        automation_condition=AFTER_NEW_ROWS,
-        description=(
-            "Per job and test over the window (7 days): flips (a pass then a failure, breaks of 3+ "
-            "failures and infra failures left out) per result, and the trend against the window before."
-        ),
+@dg.asset(
+    name=FLAKINESS_TABLE,
+    group_name=METRICS_GROUP,
+    deps=["test_results"],
+    kinds={"duckdb", "bigquery", "json"},
+    pool="warehouse",
+    code_version="1",
+    automation_condition=AFTER_NEW_ROWS,
+    description=(
+        "Per job and test over the window (7 days): flips (a pass then a failure, breaks of 3+ "
+        "failures and infra failures left out) per result, and the trend against the window before."
+    ),
+)
+def test_flakiness(
+    context: dg.AssetExecutionContext, config: MetricWindowConfig, staging: StagingStore, warehouse: Warehouse,
+    settings: KettleSettings,
+) -> dg.MaterializeResult:
+    window = window_of(config, 7)
+    count = warehouse.replace_table(FLAKINESS_TABLE, flakiness_sql(window))
+    # the export: the tests that flipped at least once (the table holds every test)
+    rows = warehouse.query(f'SELECT * FROM "{FLAKINESS_TABLE}" WHERE flips > 0')
+    top, flaky = rows[:10], len(rows)
+    latest = _write_exports(staging, "test-flakiness", to_json(rows), window.end.date().isoformat())
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": count,
+            "window_start": window.start.isoformat(),
+            "window_end": window.end.isoformat(),
+            "flaky_tests": flaky,
+            "export": latest,
+            "table": warehouse.describe(FLAKINESS_TABLE),
+            "top_rows": dg.MetadataValue.md(_preview(top)),
+            "report": report_link(settings, staging, report_links.FLAKES),
+        }
     )
-    def test_flakiness_asset(
-        context: dg.AssetExecutionContext, config: MetricWindowConfig, staging: StagingStore, warehouse: Warehouse,
-        settings: KettleSettings,
-    ) -> dg.MaterializeResult:
-        window = window_of(config, 7)
-        count = warehouse.replace_table(FLAKINESS_TABLE, flakiness_sql(window))
-        # the export: the tests that flipped at least once (the table holds every test)
-        rows = warehouse.query(f'SELECT * FROM "{FLAKINESS_TABLE}" WHERE flips > 0')
-        top, flaky = rows[:10], len(rows)
-        latest = _write_exports(staging, "test-flakiness", to_json(rows), window.end.date().isoformat())
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": count,
-                "window_start": window.start.isoformat(),
-                "window_end": window.end.isoformat(),
-                "flaky_tests": flaky,
-                "export": latest,
-                "table": warehouse.describe(FLAKINESS_TABLE),
-                "top_rows": dg.MetadataValue.md(_preview(top)),
-                "report": report_link(settings, staging, report_links.FLAKES),
-            }
-        )
-
-    return test_flakiness_asset
 
 
 _USES_TESTS = {"flakes", "flakes-daily"}
 METRIC_ASSETS = [
     *(_metric_asset(name, ["build_all", "test_results"] if name in _USES_TESTS else ["build_all"]) for name in METRICS),
-    _flakiness_asset(),
+    test_flakiness,
 ]
