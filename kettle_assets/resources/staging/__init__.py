@@ -33,7 +33,6 @@ def use_jemalloc() -> None:
     back, which keeps a sync's peak memory close to the one day it works on."""
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
-        pa.jemalloc_set_decay_ms(0)
     except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
         pa.set_memory_pool(pa.system_memory_pool())
 
