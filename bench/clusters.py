@@ -60,13 +60,14 @@ def _run(home: Path, **config) -> tuple[float, dict]:
     import dagster as dg
 
     from kettle_assets.assets.failure_clusters import failure_clusters
-    from kettle_assets.project import duckdb_warehouse
+    from kettle_assets.project import Settings, duckdb_warehouse, settings_resource
     from kettle_assets.resources.staging import StagingStore
 
+    settings = settings_resource(Settings(home=str(home), buckets_file=str(BENCH.parent / "buckets.yaml")))
     start = time.monotonic()
     result = dg.materialize(
         [failure_clusters],
-        resources={"warehouse": duckdb_warehouse(home), "staging": StagingStore(home=str(home))},
+        resources={"warehouse": duckdb_warehouse(home), "staging": StagingStore(home=str(home)), "settings": settings},
         run_config={"ops": {"failure_clusters": {"config": config}}},
         instance=dg.DagsterInstance.ephemeral(),
     )

@@ -35,6 +35,9 @@ FAILURES = "failure_cluster_failures"
 DAYS = "failure_cluster_days"
 TEST_KEYS = "failure_cluster_test_keys"
 BATCH_ROWS = 20_000
+# DuckDB cannot spill a sort whose rows carry long failure texts: reading the window's failures
+# raises the warehouse's limit (96 MB) to this for as long as the read's connection is open.
+SORTED_TEXT_MEMORY_LIMIT = "256MB"
 
 # Columns (DuckDB types) of the tables a run writes row by row; `failure_cluster_days` is counted from
 # `failure_cluster_failures` by SQL.
@@ -228,6 +231,7 @@ class DuckDBClusterTables(ClusterTables):
     def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool, kept_texts: bool
                       ) -> Iterator[tuple]:
         with self.warehouse.duckdb.get_connection() as conn:
+            conn.execute(f"SET memory_limit = '{SORTED_TEXT_MEMORY_LIMIT}'")
             if with_previous and FAILURES in self._present(conn):
                 text = "f.failure_text" if kept_texts else \
                     "CASE WHEN m.local_key_hash IS NULL THEN f.failure_text END"
