@@ -95,7 +95,9 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     previous = None
     if not config.full and staging.read_marker(OPTIONS_MARKER) == fingerprint:
         previous = tables.previous()
+    incremental = previous is not None
     local_by_hash, previous_global = previous or ({}, {})
+    del previous
     chunks = tables.test_chunks(window)
     unnamed = tables.unnamed_failures(window)
     if unnamed:
@@ -105,10 +107,11 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash, kept_texts=False)),
                                 previous_global, options, workers)
     clustered_seconds = time.monotonic() - started
+    del previous_global  # the clustering holds the cluster keys still in use
     builds = tables.builds(window)
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
     membership = _Membership(tables, clustering)
-    group_tokens = _GroupTokensFile(staging, staging.read_marker(TOKENS_MARKER) if previous is not None else None)
+    group_tokens = _GroupTokensFile(staging, staging.read_marker(TOKENS_MARKER) if incremental else None)
     started = time.monotonic()
     summary = summarize(membership.rows(tables.failures(window, chunks, local_by_hash)), builds, owners,
                         previous=group_tokens.read(), keep=group_tokens.write)
@@ -144,7 +147,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
         metadata={
             "dagster/row_count": len(summary.clusters),
             "window": f"{window.first_day}..{window.last_day}",
-            "mode": "incremental" if previous is not None else "full",
+            "mode": "incremental" if incremental else "full",
             "failures": failures_total,
             "new_failures": clustering.new_failures,
             "kept_failures": clustering.kept_failures,

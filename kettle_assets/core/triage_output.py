@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Iterator, NamedTuple
 
@@ -55,7 +56,8 @@ class _Cluster:
         self.failures = 0
         self.tests: dict[str, list] = {}  # test -> [failures, {job: {build numbers}}]
         self.common: set[str] | None = None
-        self.first: dict[str, tuple[tuple, str]] = {}  # test -> ((started, build, fid), raw text)
+        # test -> ((started, build, fid), text): zlib-compressed, a 1,000,000-failure window has ~10^5
+        self.first: dict[str, tuple[tuple, bytes]] = {}
         self.started: list[int] = [0, 0]
         self.flaky = 0
 
@@ -74,6 +76,45 @@ class GroupTokens(NamedTuple):
     day: int  # days since 1970-01-01
     failures: int
     tokens: Collection[str]  # in no particular order
+
+
+class _Group:
+    """One test key's failures on one day, in one test's stream: their common tokens kept as a
+    running intersection, except while the previous run's tokens may still be reused (same count,
+    no new failure); only those texts are held, and only until the test ends."""
+
+    __slots__ = ("cluster", "count", "tokens", "held", "tokenized", "_reusable_count")
+
+    def __init__(self, cluster: _Cluster, reusable_count: int | None):
+        self.cluster = cluster
+        self.count = 0
+        self.tokens: set[str] | None = None
+        self.held: list[str] = []
+        self.tokenized = 0
+        self._reusable_count = reusable_count
+
+    def add(self, text: str, new: bool) -> None:
+        self.count += 1
+        if self.tokens is None and self._reusable_count is not None and not new and self.count <= self._reusable_count:
+            self.held.append(text)
+            return
+        if self.tokens is None:
+            self.tokenize_held()
+        self._intersect(text)
+
+    def tokenize_held(self) -> None:
+        """Give up on the previous run's tokens: tokenise what was held."""
+        self._reusable_count = None
+        held, self.held = self.held, []
+        for text in held:
+            self._intersect(text)
+
+    def _intersect(self, text: str) -> None:
+        self.tokenized += 1
+        if self.tokenized == 1:
+            self.tokens = set(span_tokens(text))
+        else:
+            self.tokens.intersection_update(span_tokens(text))
 
 
 class _Groups:
@@ -113,29 +154,26 @@ def summarize(
     earlier = _Groups(previous)
     local_hashes: dict[str, str] = {}
     tokenized = 0
-    test, groups = None, {}
+    test, groups, known = None, {}, {}
 
     def flush() -> None:
         nonlocal tokenized
-        known = earlier.of_test(test)
-        for (local_hash, day), (cluster, count, new, texts) in sorted(groups.items()):
+        for (local_hash, day), group in sorted(groups.items()):
             before = known.get((local_hash, day))
-            if before is not None and before.failures == count and not new:
-                tokens = set(before.tokens)
-            else:
-                tokens = set(span_tokens(texts[0]))
-                for text in texts[1:]:
-                    tokens.intersection_update(span_tokens(text))
-                tokenized += len(texts)
-            cluster.common = tokens if cluster.common is None else cluster.common & tokens
+            if group.tokens is None and not (before is not None and before.failures == group.count):
+                group.tokenize_held()
+            tokens = set(before.tokens) if group.tokens is None else group.tokens
+            tokenized += group.tokenized
+            group.cluster.common = tokens if group.cluster.common is None else group.cluster.common & tokens
             if keep is not None:
-                keep(GroupTokens(test, local_hash, day, count, tokens))
+                keep(GroupTokens(test, local_hash, day, group.count, tokens))
 
     for failure, facts, key, local in rows:
         if failure.test != test:
             if groups:
                 flush()
             test, groups = failure.test, {}
+            known = earlier.of_test(test)
         cluster = clusters.get(key)
         if cluster is None:
             cluster = clusters[key] = _Cluster(key)
@@ -151,16 +189,16 @@ def summarize(
         local_hash = local_hashes.get(local)
         if local_hash is None:
             local_hash = local_hashes[local] = key_hash(local)
-        group = groups.get((local_hash, facts.started // 86400))
+        group_key = (local_hash, facts.started // 86400)
+        group = groups.get(group_key)
         if group is None:
-            group = groups[(local_hash, facts.started // 86400)] = [cluster, 0, False, []]
-        group[1] += 1
-        group[2] |= failure.kept_key is None
-        group[3].append(failure.text)
+            before = known.get(group_key)
+            group = groups[group_key] = _Group(cluster, None if before is None else before.failures)
+        group.add(failure.text, new=failure.kept_key is None)
         order = (facts.started, failure.build, str(failure.fid))
         first = cluster.first.get(failure.test)
         if first is None or order < first[0]:
-            cluster.first[failure.test] = (order, failure.text)
+            cluster.first[failure.test] = (order, zlib.compress(failure.text.encode("utf-8", "surrogatepass"), 1))
         if cluster.failures == 1:
             cluster.started = [facts.started, facts.started]
         else:
@@ -174,7 +212,7 @@ def summarize(
     out = []
     for cluster in sorted(clusters.values(), key=lambda c: (-c.failures, c.key)):
         tests = sorted(cluster.tests.items(), key=lambda kv: (-kv[1][0], kv[0]))
-        text = cluster.first[tests[0][0]][1]
+        text = zlib.decompress(cluster.first[tests[0][0]][1]).decode("utf-8", "surrogatepass")
         entry = {
             "key": cluster.key,
             "id": cluster_id(ngram_counts(cluster.key)),

@@ -158,7 +158,12 @@ class ClusterTables:
         if rows is None:
             return None
         local, cluster = {}, {}
+        # Each row comes with its own copy of its cluster's key (and a key is often also a local
+        # key): one copy of each, as a run from scratch holds them.
+        same: dict[str, str] = {}
         for name, local_hash, local_key, cluster_key in rows:
+            local_key = same.setdefault(local_key, local_key)
+            cluster_key = same.setdefault(cluster_key, cluster_key)
             local[(name, local_hash)] = local_key
             cluster[(name, local_key)] = cluster_key
         return local, cluster
