@@ -44,7 +44,6 @@ from .resources.webhooks import AlertWebhooks, parse_webhooks
 DAYS_WITHOUT_DATA = 14  # an empty home's partitions: the last two weeks
 
 
-
 @dataclass(frozen=True)
 class Settings:
     """Every setting and its default, in one place: the environment (`from_env`) and `kettle`'s

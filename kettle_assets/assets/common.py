@@ -1,16 +1,14 @@
 """Group names, policies and metadata helpers shared by the assets."""
 
 
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import Callable, Iterable, Iterator
 
-import warnings
-
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-
 
 ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
 

@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
-import pyarrow.parquet as pq
 import dagster as dg
+import pyarrow.parquet as pq
 from pydantic import Field, PrivateAttr
 
 from ..core.metrics import METRICS, TEST_RESULT_COLUMNS, test_results_select, to_bigquery

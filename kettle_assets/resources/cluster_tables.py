@@ -36,7 +36,7 @@ DAYS = "failure_cluster_days"
 TEST_KEYS = "failure_cluster_test_keys"
 BATCH_ROWS = 20_000
 # DuckDB cannot spill a sort whose rows carry long failure texts: reading the window's failures
-# raises the warehouse's limit (96 MB) to this for as long as the read's connection is open.
+# raises the warehouse's lower limit to this for as long as the read's connection is open.
 SORTED_TEXT_MEMORY_LIMIT = "256MB"
 
 # Columns (DuckDB types) of the tables a run writes row by row; `failure_cluster_days` is counted from

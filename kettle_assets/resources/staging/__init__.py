@@ -43,8 +43,8 @@ _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 def limit_malloc_arenas() -> None:
     """glibc gives threads up to 8 malloc arenas per CPU, and memory freed in one is not reused by
-    the others: with 64 fetch threads holding downloaded files, junit_results peaked at 478 MB
-    instead of 391 MB with two arenas (bench/gcs_path.py, 860 builds). MALLOC_ARENA_MAX wins."""
+    the others: with 64 fetch threads holding downloaded files, junit_results peaked at 478 MB,
+    and at 356 MB with two arenas (bench/gcs_path.py, 860 builds). MALLOC_ARENA_MAX wins."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return
     try:
