@@ -16,6 +16,7 @@ import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
+from kettle_assets.assets import failure_clusters as failure_clusters_module
 from kettle_assets.assets.failure_clusters import failure_clusters
 from kettle_assets.core.clustering import (
     ClusterOptions, Failure, Previous, cluster_failures, cluster_stream, failure_order, pairwise_agreement)
@@ -330,7 +331,9 @@ def test_a_failure_is_flaky_only_where_the_test_passed_at_the_same_job_and_known
             (f"{logs}/3", "TestB")]
 
 
-def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
+def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path, monkeypatch):
+    # Small batches of new failures' keys: they are written while the new failures are still read.
+    monkeypatch.setattr(failure_clusters_module._Assigned, "BATCH", 7)
     corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
     results, builds = [], {}
     for f in corpus:
@@ -351,7 +354,7 @@ def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path):
     # The same increment without the kept tokens of each test key and day: it tokenises every
     # failure, and must write the same bytes.
     shutil.copytree(tmp_path, tmp_path / "without-tokens", ignore=shutil.ignore_patterns("without-tokens"))
-    (tmp_path / "without-tokens" / "staging" / "failure_clusters" / "group_tokens.parquet").unlink()
+    (tmp_path / "without-tokens" / "staging" / "failure_clusters" / "groups.parquet").unlink()
     meta = _materialize(warehouse, staging)
     assert meta["mode"].value == "incremental"
     assert meta["new_failures"].value == sum(1 for r in results if r[3].date() == last)

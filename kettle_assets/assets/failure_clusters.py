@@ -2,8 +2,10 @@
 triage's `failure_data.json` (plus its slices) under export/triage/.
 
 Incremental by default: failures already clustered keep their cluster, failures that left the
-window leave theirs, and only new failures are matched. A change of options, or `full: true`,
-clusters the whole window again.
+window leave theirs, and only new failures are matched. What a cluster shows (its text and the
+spans of that text all its failures share) is worked out again only for clusters whose failures
+changed; the rest is counted by the warehouse. A change of options, or `full: true`, clusters the
+whole window again.
 """
 
 import hashlib
@@ -18,13 +20,16 @@ from typing import Iterator, Optional
 import dagster as dg
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..core.clustering import ClusterOptions, cluster_stream
+from ..core.clustering import ClusterOptions, Failure, cluster_stream
 from ..core.triage_output import (
-    BuildColumns, GroupTokens, dumps, failure_data, key_hash, slices, summarize, test_key_rows)
-from ..core.triage_text import cluster_id, ngram_counts
-from ..resources.cluster_tables import CLUSTERS, DAYS, FAILURES, TEST_KEYS, ClusterTables, Window, cluster_tables
+    BuildColumns, GroupTokens, Shown, describe, dumps, failure_data, group_tokens, key_hash, slices, tally)
+from ..core.triage_text import cluster_id, common_spans, ngram_counts, span_tokens
+from ..resources.cluster_tables import (
+    ASSIGNED_SCHEMA, CLUSTERS, DAYS, FAILURES, GROUPS_SCHEMA, IDS_SCHEMA, KEYMAP_SCHEMA, TEST_KEYS, ClusterTables,
+    Window, cluster_tables)
 from ..core import report_links
 from ..resources.settings import KettleSettings
 from ..resources.staging import StagingStore
@@ -33,7 +38,7 @@ from .common import WAREHOUSE_GROUP, md_table
 from .links import report_link
 
 OPTIONS_MARKER = "failure_clusters.options"
-TOKENS_MARKER = "failure_clusters.group_tokens"  # the token of the group tokens file the tables go with
+STATE_MARKER = "failure_clusters.state"  # the token of the state files the tables go with
 PARALLEL_FROM = 20_000  # failures in the window from which normalising is worth worker processes
 
 
@@ -79,7 +84,12 @@ def _columns(rows: list[dict], names: list[str]) -> dict[str, list]:
 
 def run_failure_clusters(context, config: FailureClustersConfig, staging: StagingStore, warehouse: Warehouse,
                          report: dg.MetadataValue | None = None):
-    tables = cluster_tables(warehouse)
+    with cluster_tables(warehouse) as tables:
+        return _run(context, config, staging, tables, report)
+
+
+def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: ClusterTables,
+         report: dg.MetadataValue | None):
     options = ClusterOptions(rules=config.rules, max_distance_checks=config.max_distance_checks)
     if not tables.has_test_results():
         context.log.warning("failure_clusters: no table test_results in the warehouse yet; nothing to cluster")
@@ -98,27 +108,55 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     incremental = previous is not None
     local_by_hash, previous_global = previous or ({}, {})
     del previous
-    chunks = tables.test_chunks(window)
+    state = _State(staging, staging.read_marker(STATE_MARKER) if incremental else None)
+    # Without the last run's state, the kept failures' texts are needed to count their tokens.
+    chunks = tables.stage(window, with_previous=incremental, all_texts=not state.valid)
     unnamed = tables.unnamed_failures(window)
     if unnamed:
         context.log.warning(f"failure_clusters: {unnamed} failed tests without a name in the window, left out")
-    workers = config.workers if sum(n for _, _, n in chunks) >= PARALLEL_FROM else 1
+    kept: dict[str, dict[str, int]] = {}
+    for name, local_hash, failures in tables.kept_keys():
+        kept.setdefault(name, {})[local_by_hash[(name, local_hash)]] = failures
+    del local_by_hash
+    failures_total = sum(n for _, _, n in chunks)
+    workers = config.workers if failures_total >= PARALLEL_FROM else 1
+
     started = time.monotonic()
-    clustering = cluster_stream((f for f, _ in tables.failures(window, chunks, local_by_hash, kept_texts=False)),
-                                previous_global, options, workers)
+    assigned = _Assigned(tables)
+    clustering = cluster_stream(tables.new_failures(chunks), previous_global, options, workers, kept=kept,
+                                on_key=assigned.add)
+    assigned.close()
+    del previous_global, kept
+    keymap, keys = _keymap(clustering)
+    tables.set_keys(keymap)
     clustered_seconds = time.monotonic() - started
-    del previous_global  # the clustering holds the cluster keys still in use
-    builds = tables.builds(window)
-    owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
-    membership = _Membership(tables, clustering)
-    group_tokens = _GroupTokensFile(staging, staging.read_marker(TOKENS_MARKER) if incremental else None)
+
     started = time.monotonic()
-    summary = summarize(membership.rows(tables.failures(window, chunks, local_by_hash)), builds, owners,
-                        previous=group_tokens.read(), keep=group_tokens.write)
-    group_tokens.close()
+    groups = state.compare(tables.group_counts())
+    needy = groups.needy()
+    if needy.num_rows:
+        tables.tokenize_groups(needy)
+        groups = state.compare(tables.group_counts())
+    builds = tables.builds(window)
+    tallies = tally(tables.tally_rows(), builds)
+    changed = groups.changed_clusters() | {h for h, t in tallies.items() if state.shown_as(h) != t.representative()}
+    commons = groups.common_tokens(tables.tokenized_texts(chunks), changed)
+    representatives = {h: tallies[h].representative() for h in changed if h in tallies}
+    texts = tables.failure_texts(pa.table(
+        [list(c) for c in zip(*representatives.values())] if representatives else [[], [], []], schema=IDS_SCHEMA))
+    shown = {}
+    for hashed in tallies:
+        if hashed in representatives:
+            text = texts[representatives[hashed]]
+            shown[hashed] = Shown(representatives[hashed], text, common_spans(text, commons[hashed]))
+        else:
+            shown[hashed] = state.shown[hashed]
+    del commons, texts
+    owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
+    summary = describe(tallies, keys, shown, builds, owners)
     summary_seconds = time.monotonic() - started
     columns = BuildColumns(builds.values())
-    del builds, membership  # one object per build: the largest thing held while the JSON is written
+    del builds, tallies  # one object per build: the largest thing held while the JSON is written
     data = failure_data(summary, columns)
 
     cluster_cols = ["id", "key_hash", "key", "text", "owner", "failures", "flaky_failures", "first_seen", "last_seen"]
@@ -129,19 +167,19 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     clusters_table = pa.table(clusters).rename_columns(
         ["cluster_id", "key_hash", "cluster_key", *cluster_cols[3:], "tests", "jobs", "in_triage"])
     clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
-    tables.replace(clusters_table, pa.table(test_key_rows(clustering)))
+    token = state.write(groups, shown)
+    tables.replace(clusters_table)
     staging.write_marker(OPTIONS_MARKER, fingerprint)
-    staging.write_marker(TOKENS_MARKER, group_tokens.token)
+    staging.write_marker(STATE_MARKER, token)
     started = time.monotonic()
     sizes = write_triage_files(staging.export_dir / "triage", data, columns)
     render_seconds = time.monotonic() - started
-    failures_total = len(clustering.local_ids)
 
     flaky = sum(c["flaky_failures"] for c in summary.clusters)
     context.log.info(
         f"failure_clusters: {failures_total} failures of {window.first_day}..{window.last_day} in "
-        f"{len(summary.clusters)} clusters ({clustering.new_failures} newly matched, {clustering.kept_failures} kept); "
-        f"{clustering.bound_hits} texts hit the distance-check bound"
+        f"{len(summary.clusters)} clusters ({clustering.new_failures} newly matched, {clustering.kept_failures} kept; "
+        f"{len(changed)} clusters described again); {clustering.bound_hits} texts hit the distance-check bound"
     )
     return dg.MaterializeResult(
         metadata={
@@ -153,6 +191,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
             "kept_failures": clustering.kept_failures,
             "clusters": len(summary.clusters),
             "clusters_in_triage": len(data["clustered"]),
+            "clusters_described": len(representatives),
             "flaky_failures": flaky,
             "skipped_unnamed_failures": unnamed,
             "distance_checks": clustering.distance_checks,
@@ -161,7 +200,7 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
             "clustering_seconds": round(clustered_seconds, 2),
             "summary_seconds": round(summary_seconds, 2),
             "render_seconds": round(render_seconds, 2),
-            "tokenized_failures": summary.tokenized_failures,
+            "tokenized_failures": groups.tokenized,
             **sizes,
             "tables": ", ".join(tables.describe(t) for t in (CLUSTERS, FAILURES, DAYS, TEST_KEYS)),
             **({"report": report} if report is not None else {}),
@@ -173,89 +212,193 @@ def run_failure_clusters(context, config: FailureClustersConfig, staging: Stagin
     )
 
 
-class _Membership:
-    """Each failure with its cluster key, for the summary, while its row of
-    `failure_cluster_failures` is written in batches (never the whole window in memory)."""
+class _Assigned:
+    """The test keys of new failures, handed to the warehouse in batches as the clustering goes."""
 
-    COLUMNS = ("key_hash", "cluster_id", "path", "job", "number", "name", "seq", "started", "flaky", "local_key_hash")
+    BATCH = 20_000
 
-    def __init__(self, tables: ClusterTables, clustering):
+    def __init__(self, tables: ClusterTables):
         self.tables = tables
-        self.clustering = clustering
-        cluster_keys = [clustering.global_key[local] for local in clustering.local_keys]
-        hashes, ids = {}, {}
-        for key in cluster_keys:
-            if key not in hashes:
-                hashes[key] = key_hash(key)
-                ids[key] = cluster_id(ngram_counts(key))
-        self.cluster_keys = cluster_keys
-        self.by_local = [(hashes[k], ids[k], key_hash(local)) for k, (_, local) in zip(cluster_keys, clustering.local_keys)]
+        self.rows: list[tuple] = []
+        self.hashes: dict[str, str] = {}
 
-    def rows(self, failures):
-        self.tables.start_failures_table()
-        batch = {c: [] for c in self.COLUMNS}
-        for (failure, facts), local_id in zip(failures, self.clustering.local_ids, strict=True):
-            hashed, cid, local_hash = self.by_local[local_id]
-            for column, value in zip(self.COLUMNS, (hashed, cid, failure.build, facts.job, facts.number, failure.test,
-                                                    failure.fid[-1], facts.started, facts.flaky, local_hash)):
-                batch[column].append(value)
-            if len(batch["path"]) == 20_000:
-                self.tables.append_failures(pa.table(batch))
-                batch = {c: [] for c in self.COLUMNS}
-            yield failure, facts, self.cluster_keys[local_id], self.clustering.local_keys[local_id][1]
-        if batch["path"]:
-            self.tables.append_failures(pa.table(batch))
-
-
-class _GroupTokensFile:
-    """The common tokens of each test key and day (`GroupTokens`), kept in staging for the next run.
-
-    A file is used only by the run after the one that wrote it: its token must equal the marker
-    written after the tables, so a run that crashed in between leaves a file nobody reads.
-    """
-
-    # tokens as a JSON array: ten times faster to write than an Arrow list of strings
-    SCHEMA = pa.schema([("test", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int32()),
-                        ("failures", pa.int64()), ("tokens", pa.binary())])
-    BATCH = 5_000
-
-    def __init__(self, staging: StagingStore, expected_token: str | None):
-        self.path = staging.root / "failure_clusters" / "group_tokens.parquet"
-        self.token = uuid.uuid4().hex
-        self._expected = expected_token
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._tmp.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self._tmp, self.SCHEMA.with_metadata({"token": self.token}),
-                                        compression="zstd")
-        self._rows: list[GroupTokens] = []
-
-    def read(self) -> Iterator[GroupTokens]:
-        if self._expected is None or not self.path.exists():
-            return
-        source = pq.ParquetFile(self.path)
-        if (source.schema_arrow.metadata or {}).get(b"token", b"").decode() != self._expected:
-            return
-        for batch in source.iter_batches(batch_size=self.BATCH):
-            for test, local, day, failures, tokens in zip(*(batch.column(i).to_pylist() for i in range(5))):
-                yield GroupTokens(test, local, day, failures, orjson.loads(tokens))
-
-    def write(self, group: GroupTokens) -> None:
-        self._rows.append(group)
-        if len(self._rows) == self.BATCH:
+    def add(self, failure: Failure, local_key: str) -> None:
+        hashed = self.hashes.get(local_key)
+        if hashed is None:
+            hashed = self.hashes[local_key] = key_hash(local_key)
+        path, name, seq = failure.fid
+        self.rows.append((path, name, seq, hashed))
+        if len(self.rows) == self.BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        if self._rows:
-            columns = list(zip(*self._rows))
-            columns[4] = [orjson.dumps(list(tokens)) for tokens in columns[4]]
-            self._writer.write_table(pa.Table.from_arrays(
-                [pa.array(values, f.type) for values, f in zip(columns, self.SCHEMA)], schema=self.SCHEMA))
-            self._rows = []
+        if self.rows:
+            self.tables.add_assigned(pa.Table.from_arrays(
+                [pa.array(c, f.type) for c, f in zip(zip(*self.rows), ASSIGNED_SCHEMA)], schema=ASSIGNED_SCHEMA))
+            self.rows = []
 
     def close(self) -> None:
         self._flush()
-        self._writer.close()
-        os.replace(self._tmp, self.path)
+        self.hashes = {}
+
+
+def _keymap(clustering) -> tuple[pa.Table, dict[str, tuple[str, str]]]:
+    """Every test key in use with its cluster's key hash and id (KEYMAP_SCHEMA), and the clusters'
+    (key, triage id) by key hash."""
+    keys = {}
+    rows = {f.name: [] for f in KEYMAP_SCHEMA}
+    for (test, local), key in sorted(clustering.global_key.items()):
+        hashed = key_hash(key)
+        if hashed not in keys:
+            keys[hashed] = (key, cluster_id(ngram_counts(key)))
+        for column, value in zip(rows, (test, key_hash(local), local, hashed, keys[hashed][1])):
+            rows[column].append(value)
+    return pa.table(rows, schema=KEYMAP_SCHEMA), keys
+
+
+class _Groups:
+    """This run's groups (test key and UTC day) beside the last run's: which must have all their
+    texts tokenised, which clusters changed, and each group's common tokens."""
+
+    def __init__(self, counts: pa.Table, before: pa.Table | None):
+        # counts: name, local_key_hash, day, key_hash, failures, tokenized (group order)
+        self.counts = counts
+        self.tokenized = pc.sum(counts["tokenized"]).as_py() or 0
+        self.before = before  # the last run's groups with their tokens, or None
+        if before is None:
+            self.previous_row = pa.nulls(counts.num_rows, pa.int64())
+            self.vanished: set[str] = set()
+            return
+        prior = before.select(["test", "local_key_hash", "day", "key_hash"]).rename_columns(
+            ["name", "local_key_hash", "day", "prior_key_hash"]).append_column(
+            "prior_row", pa.array(range(before.num_rows), pa.int64()))
+        here = counts.select(["name", "local_key_hash", "day"]).append_column(
+            "row", pa.array(range(counts.num_rows), pa.int64()))
+        joined = here.join(prior, ["name", "local_key_hash", "day"], join_type="full outer")
+        matched = joined.filter(pc.is_valid(joined["row"])).sort_by("row")
+        self.previous_row = matched["prior_row"].combine_chunks()
+        gone = joined.filter(pc.is_null(joined["row"]))
+        self.vanished = set(gone["prior_key_hash"].to_pylist())
+
+    def _prior_failures(self) -> pa.Array:
+        if self.before is None:
+            return pa.nulls(self.counts.num_rows, pa.int64())
+        return pc.take(self.before["failures"], self.previous_row)
+
+    def needy(self) -> pa.Table:
+        """Groups some of whose failures have no text to tokenise and no previous tokens that
+        stand for exactly those failures."""
+        failures, tokenized = self.counts["failures"], self.counts["tokenized"]
+        untokenized = pc.subtract(failures, tokenized)
+        prior = self._prior_failures()
+        needs = pc.and_(pc.greater(untokenized, 0),
+                        pc.or_(pc.is_null(prior), pc.not_equal(untokenized, pc.fill_null(prior, -1))))
+        return self.counts.filter(needs).select(["name", "local_key_hash", "day"]).cast(GROUPS_SCHEMA)
+
+    def changed_clusters(self) -> set[str]:
+        """Clusters a group joined, left or changed in."""
+        prior = self._prior_failures()
+        changed = pc.or_(pc.greater(self.counts["tokenized"], 0),
+                         pc.or_(pc.is_null(prior), pc.not_equal(self.counts["failures"], pc.fill_null(prior, -1))))
+        return set(self.counts.filter(changed)["key_hash"].to_pylist()) | self.vanished
+
+    def common_tokens(self, texts: Iterator[tuple[str, str, int, str]], clusters: set[str]) -> dict[str, set[str]]:
+        """Each cluster of `clusters` with the tokens all its failures have; every group's tokens
+        are kept (as JSON) for the next run in `self.tokens`."""
+        commons: dict[str, set[str]] = {}
+        blobs: list[bytes | None] = []
+        texts = iter(texts)
+        pending = next(texts, None)
+        previous_tokens = self.before["tokens"] if self.before is not None else None
+        previous_failures = self.before["failures"] if self.before is not None else None
+        rows = zip(*(self.counts[c].to_pylist() for c in ("name", "local_key_hash", "day", "key_hash", "failures",
+                                                          "tokenized")), self.previous_row.to_pylist())
+        for name, local_hash, day, hashed, count, tokenized_count, prior_row in rows:
+            streamed = None
+            for _ in range(tokenized_count):
+                if pending is None or pending[:3] != (name, local_hash, day):
+                    raise RuntimeError(f"texts of group ({name!r}, {local_hash}, {day}) out of order")
+                tokens = span_tokens(pending[3])
+                streamed = set(tokens) if streamed is None else streamed.intersection(tokens)
+                pending = next(texts, None)
+            if tokenized_count == 0 and hashed not in clusters:
+                blobs.append(None)  # unchanged: the previous run's tokens, kept as they are
+                continue
+            kept = None
+            if prior_row is not None and tokenized_count < count:
+                kept = GroupTokens(name, local_hash, day, previous_failures[prior_row].as_py(), hashed,
+                                   orjson.loads(previous_tokens[prior_row].as_py()))
+            tokens = group_tokens(count, tokenized_count, streamed, kept)
+            blobs.append(None if tokenized_count == 0 else orjson.dumps(list(tokens)))
+            if hashed in clusters:
+                common = commons.get(hashed)
+                commons[hashed] = set(tokens) if common is None else common.intersection(tokens)
+        if pending is not None:
+            raise RuntimeError("texts left over after the last group")
+        fresh = pa.array(blobs, pa.binary())
+        if previous_tokens is not None:
+            reused = pc.take(previous_tokens, self.previous_row)
+            fresh = pc.if_else(pc.is_null(fresh), reused, fresh)
+        self.tokens = fresh
+        return commons
+
+
+class _State:
+    """What the last run worked out that the tables do not hold: each group's common tokens and how
+    each cluster is shown (staging/failure_clusters/{groups,shown}.parquet). The files are used
+    only by the run after the one that wrote them: their token must equal the marker written after
+    the tables, so a run that crashed in between leaves files nobody reads."""
+
+    GROUPS = pa.schema([("test", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int64()),
+                        ("failures", pa.int64()), ("key_hash", pa.string()), ("tokens", pa.binary())])
+    SHOWN = pa.schema([("key_hash", pa.string()), ("path", pa.string()), ("name", pa.string()), ("seq", pa.int64()),
+                       ("text", pa.string()), ("spans", pa.string())])
+
+    def __init__(self, staging: StagingStore, expected_token: str | None):
+        folder = staging.root / "failure_clusters"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.groups_path, self.shown_path = folder / "groups.parquet", folder / "shown.parquet"
+        self.before: pa.Table | None = None
+        self.shown: dict[str, Shown] = {}
+        if expected_token is None or not (self.groups_path.exists() and self.shown_path.exists()):
+            return
+        groups, shown = pq.read_table(self.groups_path), pq.read_table(self.shown_path)
+        if any((t.schema.metadata or {}).get(b"token", b"").decode() != expected_token for t in (groups, shown)):
+            return
+        self.before = groups.replace_schema_metadata(None)
+        for hashed, path, name, seq, text, spans in zip(*(c.to_pylist() for c in shown.columns)):
+            self.shown[hashed] = Shown((path, name, seq), text, json.loads(spans))
+
+    @property
+    def valid(self) -> bool:
+        return self.before is not None
+
+    def shown_as(self, hashed: str) -> tuple | None:
+        shown = self.shown.get(hashed)
+        return None if shown is None else shown.failure
+
+    def compare(self, counts: pa.Table) -> _Groups:
+        return _Groups(counts, self.before)
+
+    def write(self, groups: _Groups, shown: dict[str, Shown]) -> str:
+        token = uuid.uuid4().hex
+        metadata = {"token": token}
+        counts = groups.counts
+        table = pa.table([counts["name"], counts["local_key_hash"], counts["day"], counts["failures"],
+                          counts["key_hash"], groups.tokens], schema=self.GROUPS.with_metadata(metadata))
+        _write_parquet(self.groups_path, table)
+        ordered = sorted(shown.items())
+        columns = [[h for h, _ in ordered], [s.failure[0] for _, s in ordered], [s.failure[1] for _, s in ordered],
+                   [s.failure[2] for _, s in ordered], [s.text for _, s in ordered],
+                   [json.dumps(s.spans) for _, s in ordered]]
+        _write_parquet(self.shown_path, pa.table(columns, schema=self.SHOWN.with_metadata(metadata)))
+        return token
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
 
 
 def _with_timestamps(table: pa.Table, columns: list[str]) -> pa.Table:

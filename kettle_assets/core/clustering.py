@@ -6,8 +6,9 @@ founds a new key. Work is bounded by size, never by time: at most `max_distance_
 distances per text, after which the text founds its own key and the bound hit is counted.
 
 The same function runs a full clustering (no previous state) and an incremental one: failures
-already assigned keep their keys, keys whose failures all left the window disappear, and only the
-new failures are matched, first against their test's keys and then against the global keys.
+already assigned keep their keys and are not even read, keys whose failures all left the window
+disappear, and only the new failures are matched, first against their test's keys and then
+against the global keys.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from multiprocessing import get_context
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Iterator, NamedTuple
+from typing import Callable, Hashable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -53,7 +54,6 @@ class Failure(NamedTuple):
     build: str  # build path
     text: str  # raw failure text
     started: int = 0  # epoch seconds of the build: failures are clustered in (started, build) order
-    kept_key: str | None = None  # the local key an earlier run gave this failure
 
 
 @dataclass
@@ -101,6 +101,7 @@ class KeyIndex:
         self.keys: list[str] = []
         self.position: dict[str, int] = {}
         self._hist = np.zeros((8, NGRAM_BUCKETS), dtype=np.int32)
+        self._has_hist = np.zeros(8, dtype=bool)  # histograms are computed when a search first needs them
         self._len = np.zeros(8, dtype=np.int64)
         self._sorted_len = np.zeros(0, dtype=np.int64)  # key lengths, ascending
         self._sorted_idx = np.zeros(0, dtype=np.int64)  # the keys' indexes in that order
@@ -118,8 +119,8 @@ class KeyIndex:
         n = len(self.keys)
         if n == len(self._len):
             self._hist = np.concatenate([self._hist, np.zeros_like(self._hist)])
+            self._has_hist = np.concatenate([self._has_hist, np.zeros_like(self._has_hist)])
             self._len = np.concatenate([self._len, np.zeros_like(self._len)])
-        self._hist[n] = self._histograms(key)
         self._len[n] = len(key)
         at = int(np.searchsorted(self._sorted_len, len(key), side="right"))
         self._sorted_len = np.insert(self._sorted_len, at, len(key))
@@ -127,6 +128,23 @@ class KeyIndex:
         self.keys.append(key)
         self.position[key] = n
         return n
+
+    def add_all(self, keys: list[str]) -> None:
+        """Add keys at once (one sort instead of one insertion each)."""
+        start = len(self.keys)
+        size = start + len(keys)
+        if size > len(self._len):
+            grow = max(size, 2 * len(self._len)) - len(self._len)
+            self._hist = np.concatenate([self._hist, np.zeros((grow, NGRAM_BUCKETS), dtype=np.int32)])
+            self._has_hist = np.concatenate([self._has_hist, np.zeros(grow, dtype=bool)])
+            self._len = np.concatenate([self._len, np.zeros(grow, dtype=np.int64)])
+        for n, key in enumerate(keys, start):
+            self._len[n] = len(key)
+            self.keys.append(key)
+            self.position[key] = n
+        order = np.argsort(self._len[:size], kind="stable")
+        self._sorted_idx = order.astype(np.int64)
+        self._sorted_len = self._len[:size][order]
 
     def place(self, text: str) -> str:
         """The key `text` belongs to, founding it if nothing matches."""
@@ -163,6 +181,7 @@ class KeyIndex:
             candidates = candidates[candidates >= start]
         if not len(candidates):
             return None, False
+        self._fill_histograms(candidates)
         hist = self._histograms(text)
         bounds = np.abs(self._hist[candidates] - hist).sum(axis=1) // 4
         lengths = self._len[candidates]
@@ -187,7 +206,13 @@ class KeyIndex:
                 return int(candidates[i]), False
         return None, False
 
+    def _fill_histograms(self, indexes: np.ndarray) -> None:
+        for i in indexes[~self._has_hist[indexes]].tolist():
+            self._hist[i] = self._histograms(self.keys[i])
+            self._has_hist[i] = True
+
     def _bound(self, text: str, index: int) -> int:
+        self._fill_histograms(np.array([index]))
         return int(np.abs(self._hist[index] - self._histograms(text)).sum()) // 4
 
 
@@ -199,99 +224,102 @@ def failure_order(failure: Failure) -> tuple:
 NORMALIZE_CHUNK = 2000
 
 
-def _normalized(failures: Iterable[Failure], previous_global: dict, rules: str, workers: int
-                ) -> Iterator[tuple[Failure, str | None, str | None]]:
-    """(failure, kept key or None, normalised text or None) in stream order. With workers > 1 the
-    texts are normalised in a process pool a chunk at a time, a few chunks ahead, order kept."""
-
-    def tagged(failure: Failure) -> tuple[Failure, str | None]:
-        kept = failure.kept_key if (failure.test, failure.kept_key) in previous_global else None
-        return failure, kept
-
+def _normalized(failures: Iterable[Failure], rules: str, workers: int) -> Iterator[tuple[Failure, str]]:
+    """(failure, normalised text) in stream order. With workers > 1 the texts are normalised in a
+    process pool a chunk at a time, a few chunks ahead, order kept."""
     if workers <= 1:
-        for failure, kept in map(tagged, failures):
-            yield failure, kept, None if kept is not None else normalize(failure.text, rules)
+        for failure in failures:
+            yield failure, normalize(failure.text, rules)
         return
 
-    def emit(chunk, future):
-        texts = iter(future.result())
-        for failure, kept in chunk:
-            yield failure, kept, None if kept is not None else next(texts)
-
-    stream = map(tagged, failures)
+    stream = iter(failures)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         pending: deque = deque()
         while chunk := list(islice(stream, NORMALIZE_CHUNK)):
-            texts = [failure.text for failure, kept in chunk if kept is None]
-            pending.append((chunk, pool.submit(normalize_all, texts, rules)))
+            pending.append((chunk, pool.submit(normalize_all, [f.text for f in chunk], rules)))
             if len(pending) > 2 * workers:
-                yield from emit(*pending.popleft())
+                chunk, future = pending.popleft()
+                yield from zip(chunk, future.result())
         while pending:
-            yield from emit(*pending.popleft())
+            chunk, future = pending.popleft()
+            yield from zip(chunk, future.result())
 
 
 def cluster_stream(
     failures: Iterable[Failure], previous_global: dict[tuple[str, str], str] | None = None,
     options: ClusterOptions = ClusterOptions(), workers: int = 1,
+    kept: dict[str, dict[str, int]] | None = None,
+    on_key: Callable[[Failure, str], None] | None = None,
 ) -> Clustering:
-    """Local then global clustering of a stream of failures in `failure_order`.
+    """Local then global clustering of a stream of new failures in `failure_order`.
 
-    A failure whose `kept_key` (its local key in the previous run) is still a local key of the
-    previous run keeps it; the others are matched. Memory is the keys and one test's failures, not
-    the window: each failure's local key comes back as an index into `local_keys`, one int per
-    failure, in stream order. `workers` > 1 normalises in that many processes (same result).
+    `kept` holds what an earlier run decided and still stands: per test, its local keys that
+    still have failures in the window (each with how many), whose global keys are in
+    `previous_global`. Those failures are not streamed: they keep their keys, and a new failure
+    of the same test is matched against them first. Memory is the keys and one test's failures,
+    not the window: each new failure's local key comes back as an index into `local_keys`, one int
+    per failure in stream order, and is handed to `on_key` as its test is done. `workers` > 1
+    normalises in that many processes (same result).
     """
     previous_global = previous_global or {}
+    kept = kept or {}
     result = Clustering()
     local_sizes: dict[tuple[str, str], int] = {}  # (test, local key) -> failures
-    first_seen: dict[tuple[str, str], tuple[int, str]] = {}  # (test, local key) -> first (started, build)
+    first_seen: dict[tuple[str, str], tuple[int, str]] = {}  # (test, new local key) -> first (started, build)
     done: set[str] = set()
+    for test, keys in kept.items():
+        for key, size in keys.items():
+            if (test, key) not in previous_global:
+                raise ValueError(f"kept key of {test!r} has no global key")
+            local_sizes[(test, key)] = size
+            result.kept_failures += size
 
-    def flush(test: str, batch: list[tuple[Failure, str | None]]) -> None:
+    def flush(test: str, batch: list[Failure]) -> None:
         if test in done:
             raise ValueError(f"failures must come grouped by test; {test!r} came back")
         done.add(test)
         index = KeyIndex(options, result)
-        for _, kept in batch:
-            if kept is not None and kept not in index.position:
-                index.add(kept)
         ids: dict[str, int] = {}
-        for failure, kept in batch:
-            key = kept if kept is not None else index.place(failure.text)
+        index.add_all(sorted(kept.get(test, ())))
+        for key in index.keys:
+            ids[key] = len(result.local_keys)
+            result.local_keys.append((test, key))
+        for failure in batch:
+            key = index.place(failure.text)
             local = (test, key)
-            if local not in local_sizes:  # a test's keys are all founded in its one batch
+            if key not in ids:  # a test's new keys are all founded in its one batch
                 local_sizes[local] = 0
                 first_seen[local] = (failure.started, failure.build)
                 ids[key] = len(result.local_keys)
                 result.local_keys.append(local)
             local_sizes[local] += 1
             result.local_ids.append(ids[key])
+            if on_key is not None:
+                on_key(failure, key)
 
     test, batch = None, []
-    for failure, kept, text in _normalized(failures, previous_global, options.rules, workers):
+    for failure, text in _normalized(failures, options.rules, workers):
         if failure.test != test:
             if batch:
                 flush(test, batch)
             test, batch = failure.test, []
-        if kept is not None:
-            result.kept_failures += 1
-            batch.append((failure._replace(text=""), kept))
-        else:
-            result.new_failures += 1
-            batch.append((failure._replace(text=text), None))
+        result.new_failures += 1
+        batch.append(failure._replace(text=text))
     if batch:
         flush(test, batch)
+    for name, keys in kept.items():
+        if name not in done:
+            result.local_keys.extend((name, key) for key in sorted(keys))
 
-    # Global: kept local keys keep their global key (dropped with their last failure); new local
-    # keys are matched against the global keys in `options.global_order`.
+    # Global: kept local keys keep their global key; new local keys are matched against the
+    # global keys in `options.global_order`.
     global_index = KeyIndex(options, result)
     kept_global = set()
-    for local in local_sizes:
-        if local in previous_global:
-            result.global_key[local] = previous_global[local]
-            kept_global.add(previous_global[local])
-    for key in sorted(kept_global):
-        global_index.add(key)
+    for name, keys in kept.items():
+        for key in keys:
+            result.global_key[(name, key)] = previous_global[(name, key)]
+            kept_global.add(previous_global[(name, key)])
+    global_index.add_all(sorted(kept_global))
     test_sizes: dict[str, int] = {}
     for (name, _), size in local_sizes.items():
         test_sizes[name] = test_sizes.get(name, 0) + size
@@ -311,9 +339,20 @@ def cluster_failures(
     """`cluster_stream` over failures in any order, with the previous run given per failure id;
     the result also maps each failure id to its local key (`local_key`)."""
     previous = previous or Previous()
-    ordered = sorted((f._replace(kept_key=previous.local_key.get(f.fid)) for f in failures), key=failure_order)
-    result = cluster_stream(ordered, previous.global_key, options)
-    result.local_key = {f.fid: result.local_keys[i][1] for f, i in zip(ordered, result.local_ids)}
+    kept: dict[str, dict[str, int]] = {}
+    new, local_key = [], {}
+    for failure in failures:
+        key = previous.local_key.get(failure.fid)
+        if key is not None and (failure.test, key) in previous.global_key:
+            sizes = kept.setdefault(failure.test, {})
+            sizes[key] = sizes.get(key, 0) + 1
+            local_key[failure.fid] = key
+        else:
+            new.append(failure)
+    new.sort(key=failure_order)
+    result = cluster_stream(new, previous.global_key, options, kept=kept,
+                            on_key=lambda failure, key: local_key.__setitem__(failure.fid, key))
+    result.local_key = local_key
     return result
 
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zlib
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterable, Iterator, NamedTuple
+from typing import Collection, Iterable, Iterator, NamedTuple
 
 import orjson
 
-from .clustering import Clustering, Failure
-from .triage_text import cluster_id, common_spans, ngram_counts, normalize_name, span_tokens
+from .triage_text import normalize_name
 
 SIG_LABEL = re.compile(r"\[sig-([^]]*)\]")
 DEFAULT_OWNER = "testing"
@@ -38,206 +36,121 @@ class Build:
         return self.path.split("/")[-3] if "pr-logs" in self.path else None
 
 
-@dataclass(frozen=True)
-class FailureFacts:
-    """What the output needs of a failure besides its text."""
+class ClusterTally:
+    """One cluster's failures counted: totals, first and last build start, and per test its
+    failures, its builds by job (numbered builds only, as triage lists them) and its first failure."""
 
-    job: str
-    number: int | None
-    started: int  # epoch seconds
-    flaky: bool  # the same test passed at the same (job, commit)
+    __slots__ = ("failures", "flaky", "first_seen", "last_seen", "tests")
 
-
-class _Cluster:
-    __slots__ = ("key", "failures", "tests", "common", "first", "started", "flaky")
-
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self):
         self.failures = 0
-        self.tests: dict[str, list] = {}  # test -> [failures, {job: {build numbers}}]
-        self.common: set[str] | None = None
-        # test -> ((started, build, fid), text): zlib-compressed, a 1,000,000-failure window has ~10^5
-        self.first: dict[str, tuple[tuple, bytes]] = {}
-        self.started: list[int] = [0, 0]
         self.flaky = 0
+        self.first_seen: int | None = None
+        self.last_seen: int | None = None
+        # test -> [failures, {job: {build numbers}}, (started, build path, ordinal as text) of its first failure]
+        self.tests: dict[str, list] = {}
+
+    def representative(self) -> tuple[str, str, int]:
+        """(build path, test, ordinal) of the failure whose text shows the cluster: the first
+        failure, in (started, build path, ordinal) order, of the test with the most failures."""
+        test = min(self.tests.items(), key=lambda kv: (-kv[1][0], kv[0]))[0]
+        _, path, seq = self.tests[test][2]
+        return path, test, int(seq)
+
+
+def tally(rows: Iterable[tuple[str, str, str, int, int, int, str]], builds: dict[str, Build]
+          ) -> dict[str, ClusterTally]:
+    """Clusters by key hash, from rows (key hash, test, build path, failures, flaky failures,
+    build started, smallest ordinal written as text) per cluster, test and build."""
+    clusters: dict[str, ClusterTally] = {}
+    for hashed, test, path, failures, flaky, started, seq in rows:
+        cluster = clusters.get(hashed)
+        if cluster is None:
+            cluster = clusters[hashed] = ClusterTally()
+            cluster.first_seen = cluster.last_seen = started
+        cluster.failures += failures
+        cluster.flaky += flaky
+        cluster.first_seen = min(cluster.first_seen, started)
+        cluster.last_seen = max(cluster.last_seen, started)
+        per_test = cluster.tests.get(test)
+        if per_test is None:
+            per_test = cluster.tests[test] = [0, {}, None]
+        per_test[0] += failures
+        build = builds.get(path)
+        if build is not None and build.number is not None:  # triage lists only known, numbered builds
+            per_test[1].setdefault(build.job, set()).add(build.number)
+        # Ordinals compare as text, as the failure ids (path, test, ordinal) of triage's order do.
+        order = (started, path, seq)
+        if per_test[2] is None or order < per_test[2]:
+            per_test[2] = order
+    return clusters
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How a cluster is shown: its representative failure, that failure's text and the text's spans."""
+
+    failure: tuple[str, str, int]  # (build path, test, ordinal)
+    text: str
+    spans: list[int]
 
 
 @dataclass
 class ClusterSummary:
     clusters: list[dict]  # triage's `clustered` entries plus counts, singletons included
-    tokenized_failures: int = 0  # failures whose text was tokenised for the spans (the rest came from `previous`)
+
+
+def describe(tallies: dict[str, ClusterTally], keys: dict[str, tuple[str, str]], shown: dict[str, Shown],
+             builds: dict[str, Build], owners: dict[str, list[str]] | None = None) -> ClusterSummary:
+    """Each cluster as triage describes it, by failures then key; `keys` ((key, triage id)) and
+    `shown` by key hash."""
+    owner_of = _owner_matcher(owners or {})
+    numbered = {(b.job, b.number): b for b in builds.values() if b.number is not None}
+    latest = max((b.started for b in numbered.values() if b.started), default=0)
+    out = []
+    for hashed, cluster in sorted(tallies.items(), key=lambda hc: (-hc[1].failures, keys[hc[0]][0])):
+        key, triage_id = keys[hashed]
+        tests = sorted(cluster.tests.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        out.append({
+            "key": key,
+            "id": triage_id,
+            "text": shown[hashed].text,
+            "spans": shown[hashed].spans,
+            "tests": [{"name": name, "jobs": _jobs(jobs)} for name, (_, jobs, _) in tests],
+            "owner": _owner(tests, owner_of, numbered, latest - 86400),
+            "failures": cluster.failures,
+            "flaky_failures": cluster.flaky,
+            "first_seen": cluster.first_seen,
+            "last_seen": cluster.last_seen,
+            "key_hash": hashed,
+        })
+    return ClusterSummary(clusters=out)
 
 
 class GroupTokens(NamedTuple):
-    """The tokens every failure of one test key on one UTC day has, and how many failures that is."""
+    """The tokens every failure of one test key on one UTC day has, how many failures that is,
+    and the cluster the test key belonged to."""
 
     test: str
     local_key_hash: str
     day: int  # days since 1970-01-01
     failures: int
+    key_hash: str
     tokens: Collection[str]  # in no particular order
 
 
-class _Group:
-    """One test key's failures on one day, in one test's stream: their common tokens kept as a
-    running intersection, except while the previous run's tokens may still be reused (same count,
-    no new failure); only those texts are held, and only until the test ends."""
-
-    __slots__ = ("cluster", "count", "tokens", "held", "tokenized", "_reusable_count")
-
-    def __init__(self, cluster: _Cluster, reusable_count: int | None):
-        self.cluster = cluster
-        self.count = 0
-        self.tokens: set[str] | None = None
-        self.held: list[str] = []
-        self.tokenized = 0
-        self._reusable_count = reusable_count
-
-    def add(self, text: str, new: bool) -> None:
-        self.count += 1
-        if self.tokens is None and self._reusable_count is not None and not new and self.count <= self._reusable_count:
-            self.held.append(text)
-            return
-        if self.tokens is None:
-            self.tokenize_held()
-        self._intersect(text)
-
-    def tokenize_held(self) -> None:
-        """Give up on the previous run's tokens: tokenise what was held."""
-        self._reusable_count = None
-        held, self.held = self.held, []
-        for text in held:
-            self._intersect(text)
-
-    def _intersect(self, text: str) -> None:
-        self.tokenized += 1
-        if self.tokenized == 1:
-            self.tokens = set(span_tokens(text))
-        else:
-            self.tokens.intersection_update(span_tokens(text))
-
-
-class _Groups:
-    """The previous run's `GroupTokens`, in (test, local key hash, day) order, read alongside a
-    stream of tests in the same order: only the current test's groups are held."""
-
-    def __init__(self, previous: Iterable[GroupTokens]):
-        self._rows = iter(previous)
-        self._next = next(self._rows, None)
-
-    def of_test(self, test: str) -> dict[tuple[str, int], GroupTokens]:
-        while self._next is not None and self._next.test < test:
-            self._next = next(self._rows, None)
-        found = {}
-        while self._next is not None and self._next.test == test:
-            found[(self._next.local_key_hash, self._next.day)] = self._next
-            self._next = next(self._rows, None)
-        return found
-
-
-def summarize(
-    rows: Iterable[tuple[Failure, FailureFacts, str, str]],
-    builds: dict[str, Build],
-    owners: dict[str, list[str]] | None = None,
-    previous: Iterable[GroupTokens] = (),
-    keep: Callable[[GroupTokens], None] | None = None,
-) -> ClusterSummary:
-    """Describe each cluster as triage does, from (failure, facts, cluster key, local key) rows in
-    stream order; holds one entry per cluster and test, not per failure.
-
-    A cluster's common tokens (its spans) are the intersection over its failures, computed per
-    test key and day: a group with the same failure count as in `previous` and no new failure
-    (`kept_key` unset) takes its tokens from there instead of tokenising its texts, so a daily
-    increment tokenises about one day. Every group is handed to `keep` for the next run.
-    """
-    clusters: dict[str, _Cluster] = {}
-    earlier = _Groups(previous)
-    local_hashes: dict[str, str] = {}
-    tokenized = 0
-    test, groups, known = None, {}, {}
-
-    def flush() -> None:
-        nonlocal tokenized
-        for (local_hash, day), group in sorted(groups.items()):
-            before = known.get((local_hash, day))
-            if group.tokens is None and not (before is not None and before.failures == group.count):
-                group.tokenize_held()
-            tokens = set(before.tokens) if group.tokens is None else group.tokens
-            tokenized += group.tokenized
-            group.cluster.common = tokens if group.cluster.common is None else group.cluster.common & tokens
-            if keep is not None:
-                keep(GroupTokens(test, local_hash, day, group.count, tokens))
-
-    for failure, facts, key, local in rows:
-        if failure.test != test:
-            if groups:
-                flush()
-            test, groups = failure.test, {}
-            known = earlier.of_test(test)
-        cluster = clusters.get(key)
-        if cluster is None:
-            cluster = clusters[key] = _Cluster(key)
-        cluster.failures += 1
-        cluster.flaky += facts.flaky
-        per_test = cluster.tests.get(failure.test)
-        if per_test is None:
-            per_test = cluster.tests[failure.test] = [0, {}]
-        per_test[0] += 1
-        build = builds.get(failure.build)
-        if build is not None and build.number is not None:  # triage lists only known, numbered builds
-            per_test[1].setdefault(build.job, set()).add(build.number)
-        local_hash = local_hashes.get(local)
-        if local_hash is None:
-            local_hash = local_hashes[local] = key_hash(local)
-        group_key = (local_hash, facts.started // 86400)
-        group = groups.get(group_key)
-        if group is None:
-            before = known.get(group_key)
-            group = groups[group_key] = _Group(cluster, None if before is None else before.failures)
-        group.add(failure.text, new=failure.kept_key is None)
-        order = (facts.started, failure.build, str(failure.fid))
-        first = cluster.first.get(failure.test)
-        if first is None or order < first[0]:
-            cluster.first[failure.test] = (order, zlib.compress(failure.text.encode("utf-8", "surrogatepass"), 1))
-        if cluster.failures == 1:
-            cluster.started = [facts.started, facts.started]
-        else:
-            cluster.started = [min(cluster.started[0], facts.started), max(cluster.started[1], facts.started)]
-    if groups:
-        flush()
-
-    owner_of = _owner_matcher(owners or {})
-    numbered = {(b.job, b.number): b for b in builds.values() if b.number is not None}
-    latest = max((b.started for b in numbered.values() if b.started), default=0)
-    out = []
-    for cluster in sorted(clusters.values(), key=lambda c: (-c.failures, c.key)):
-        tests = sorted(cluster.tests.items(), key=lambda kv: (-kv[1][0], kv[0]))
-        text = zlib.decompress(cluster.first[tests[0][0]][1]).decode("utf-8", "surrogatepass")
-        entry = {
-            "key": cluster.key,
-            "id": cluster_id(ngram_counts(cluster.key)),
-            "text": text,
-            "spans": common_spans(text, cluster.common or set()),
-            "tests": [{"name": name, "jobs": _jobs(jobs)} for name, (_, jobs) in tests],
-            "owner": _owner(tests, owner_of, numbered, latest - 86400),
-            "failures": cluster.failures,
-            "flaky_failures": cluster.flaky,
-            "first_seen": cluster.started[0],
-            "last_seen": cluster.started[1],
-            "key_hash": key_hash(cluster.key),
-        }
-        out.append(entry)
-    return ClusterSummary(clusters=out, tokenized_failures=tokenized)
-
-
-def test_key_rows(clustering: Clustering) -> dict[str, list]:
-    """Each test's own keys with their cluster's key hash (columns): the state a next run needs."""
-    rows: dict[str, list] = {"name": [], "local_key_hash": [], "local_key": [], "key_hash": []}
-    for (test, local), key in sorted(clustering.global_key.items()):
-        for column, value in (("name", test), ("local_key_hash", key_hash(local)), ("local_key", local),
-                              ("key_hash", key_hash(key))):
-            rows[column].append(value)
-    return rows
+def group_tokens(failures: int, tokenized: int, streamed: set[str] | None, kept: GroupTokens | None
+                 ) -> set[str] | Collection[str]:
+    """A group's common tokens from the `tokenized` failures whose texts were streamed (their
+    intersection `streamed`) and, for the others, the previous run's tokens of the group, which
+    stand for exactly those failures only when it counted as many."""
+    if tokenized == failures:
+        return streamed
+    if kept is None or kept.failures != failures - tokenized:
+        raise ValueError(f"group of {failures} failures has {tokenized} texts and no tokens for the others")
+    if not tokenized:
+        return kept.tokens
+    return streamed & set(kept.tokens)
 
 
 def key_hash(key: str) -> str:

@@ -1,8 +1,12 @@
 """Where the failure clusters read from and write to: the warehouse, DuckDB or BigQuery.
 
-Reads the failed tests of a window from `test_results` (with whether the same test passed at the
-same job and commit) and their builds from `all`; reads and replaces the cluster tables, which
-are also the state an incremental run starts from:
+A run copies the failed tests of its window from `test_results` into a scratch table, the
+*input* (with whether the same test passed at the same job and commit, and the test key the last
+run gave each failure), with failure texts only where the run needs them: for the failures not
+clustered before, and for those whose common tokens must be counted again. Everything else the
+run needs is counted from the input by SQL, so that a daily increment handles one day of text,
+not the window's. Builds come from `all`. The cluster tables are also the state an incremental
+run starts from:
 
 - `failure_clusters`: one row per cluster (key, triage id, owner, counts, first/last seen).
 - `failure_cluster_failures`: one row per failed test of the window, with its cluster and whether
@@ -17,6 +21,7 @@ ones, never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +31,7 @@ from typing import IO, Iterator
 import pyarrow as pa
 
 from ..core.clustering import Failure
-from ..core.triage_output import Build, FailureFacts
+from ..core.triage_output import Build
 from .bigquery import BigQueryWarehouse
 from .warehouse import DuckDBWarehouse, Warehouse
 
@@ -35,12 +40,12 @@ FAILURES = "failure_cluster_failures"
 DAYS = "failure_cluster_days"
 TEST_KEYS = "failure_cluster_test_keys"
 BATCH_ROWS = 20_000
-# DuckDB cannot spill a sort whose rows carry long failure texts: reading the window's failures
-# raises the warehouse's lower limit to this for as long as the read's connection is open.
+# DuckDB cannot spill a sort whose rows carry long failure texts: a run raises the warehouse's
+# lower limit to this for as long as its connection is open.
 SORTED_TEXT_MEMORY_LIMIT = "256MB"
 
-# Columns (DuckDB types) of the tables a run writes row by row; `failure_cluster_days` is counted from
-# `failure_cluster_failures` by SQL.
+# Columns (DuckDB types) of the tables; `failure_cluster_failures` and `failure_cluster_days` are made
+# from the input by SQL.
 COLUMNS = {
     FAILURES: [("key_hash", "VARCHAR"), ("cluster_id", "VARCHAR"), ("path", "VARCHAR"), ("job", "VARCHAR"),
                ("number", "BIGINT"), ("name", "VARCHAR"), ("seq", "BIGINT"), ("started", "TIMESTAMP"),
@@ -61,6 +66,16 @@ DAYS_SELECT = """
     FROM {failures} GROUP BY 1, 2, 3"""
 
 
+# Schemas of what a run hands the warehouse: the new failures' test keys, the key map (every test
+# key in use, with its cluster), and failures to find by group or by id.
+ASSIGNED_SCHEMA = pa.schema([("path", pa.string()), ("name", pa.string()), ("seq", pa.int64()),
+                             ("local_key_hash", pa.string())])
+KEYMAP_SCHEMA = pa.schema([("name", pa.string()), ("local_key_hash", pa.string()), ("local_key", pa.string()),
+                           ("key_hash", pa.string()), ("cluster_id", pa.string())])
+GROUPS_SCHEMA = pa.schema([("name", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int64())])
+IDS_SCHEMA = pa.schema([("path", pa.string()), ("name", pa.string()), ("seq", pa.int64())])
+
+
 @dataclass(frozen=True)
 class Window:
     first_day: date
@@ -71,13 +86,19 @@ class Window:
         return {"first": self.first_day, "last": self.last_day, "excluded": list(self.excluded_jobs)}
 
 
-def cluster_tables(warehouse: Warehouse) -> "ClusterTables":
-    """The cluster tables of this warehouse."""
+@contextlib.contextmanager
+def cluster_tables(warehouse: Warehouse) -> Iterator["ClusterTables"]:
+    """The cluster tables of this warehouse, for one run; its scratch tables go with it."""
     if isinstance(warehouse, DuckDBWarehouse):
-        return DuckDBClusterTables(warehouse)
-    if isinstance(warehouse, BigQueryWarehouse):
-        return BigQueryClusterTables(warehouse)
-    raise NotImplementedError(f"failure clusters cannot use a {type(warehouse).__name__}")
+        tables = DuckDBClusterTables(warehouse)
+    elif isinstance(warehouse, BigQueryWarehouse):
+        tables = BigQueryClusterTables(warehouse)
+    else:
+        raise NotImplementedError(f"failure clusters cannot use a {type(warehouse).__name__}")
+    try:
+        yield tables
+    finally:
+        tables.close()
 
 
 def _chunks(counts: list[tuple], rows: int) -> list[tuple]:
@@ -96,10 +117,15 @@ def _chunks(counts: list[tuple], rows: int) -> list[tuple]:
 
 
 class ClusterTables:
-    """What `failure_clusters` reads and writes, whatever the warehouse."""
+    """What `failure_clusters` reads and writes, whatever the warehouse. The methods after `stage`
+    work on the input it made: test keys of new failures (`add_assigned`), then the key map
+    (`set_keys`), then counts and texts, then `replace`."""
 
     def __init__(self, warehouse: Warehouse):
         self.warehouse = warehouse
+
+    def close(self) -> None:
+        """Drop the run's scratch tables."""
 
     def has_test_results(self) -> bool:
         raise NotImplementedError
@@ -108,35 +134,53 @@ class ClusterTables:
         """The UTC day of the latest failed test's build."""
         raise NotImplementedError
 
-    def test_chunks(self, window: Window, rows: int = BATCH_ROWS) -> list[tuple]:
-        """Chunks of tests of about `rows` failures each, (first, last, failures): each is read and
-        sorted on its own, so memory follows the chunk, not the window."""
-        raise NotImplementedError
-
     def unnamed_failures(self, window: Window) -> int:
         """Failed tests without a name: they cannot be clustered by test, so they are counted."""
         raise NotImplementedError
 
-    def failures(self, window: Window, chunks: list[tuple], previous: dict[tuple[str, str], str] | None = None,
-                 kept_texts: bool = True) -> Iterator[tuple[Failure, FailureFacts]]:
-        """The window's failed tests in stream order (test, started, build path, ordinal), each with
-        the local key `previous` (keyed by (test, local key hash)) gave it; without `kept_texts`,
-        a failure that has one comes without its text (the clustering does not need it)."""
-        rows = self._failure_rows(window, chunks, with_previous=bool(previous), kept_texts=kept_texts)
-        previous = previous or {}
-        for path, name, seq, text, job, number, started, flaky, local_hash in rows:
-            kept = previous.get((name, local_hash)) if local_hash is not None else None
-            if text is None:
-                if kept is None:  # the tables are written together, so this cannot happen short of a bug
-                    raise RuntimeError(f"failure ({path}, {name}, {seq}) has a previous key hash but no key")
-                text = ""
-            yield (Failure((path, name, seq), name, path, text, started, kept),
-                   FailureFacts(job=job, number=number, started=started, flaky=flaky))
+    def stage(self, window: Window, with_previous: bool, all_texts: bool) -> list[tuple]:
+        """Copy the window's failed tests into the input, each with its previous test key (with
+        `with_previous`) and its text if it has none (or with `all_texts`). Returns chunks of
+        tests of about BATCH_ROWS failures, (first, last, failures), read one at a time."""
+        raise NotImplementedError
 
-    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool, kept_texts: bool
-                      ) -> Iterator[tuple]:
-        """Rows (path, name, seq, text, job, number, started, flaky, previous local key hash); text
-        None for a failure with a previous key hash unless `kept_texts`."""
+    def kept_keys(self) -> Iterator[tuple[str, str, int]]:
+        """(test, previous local key hash, failures) of the failures that keep their test key."""
+        raise NotImplementedError
+
+    def new_failures(self, chunks: list[tuple]) -> Iterator[Failure]:
+        """The failures without a previous test key, with their texts, in stream order (test,
+        started, build path, ordinal)."""
+        raise NotImplementedError
+
+    def add_assigned(self, batch: pa.Table) -> None:
+        """Test keys of new failures (ASSIGNED_SCHEMA)."""
+        raise NotImplementedError
+
+    def set_keys(self, keymap: pa.Table) -> None:
+        """Every test key in use with its cluster (KEYMAP_SCHEMA); the assigned keys join the input."""
+        raise NotImplementedError
+
+    def group_counts(self) -> pa.Table:
+        """Per test key and UTC day, in (test, local key hash, day) order: its cluster's key hash,
+        failures, and how many of them have their text in the input to tokenise."""
+        raise NotImplementedError
+
+    def tokenize_groups(self, groups: pa.Table) -> None:
+        """Have every failure of these groups (GROUPS_SCHEMA) tokenised, texts included."""
+        raise NotImplementedError
+
+    def tally_rows(self) -> Iterator[tuple]:
+        """(key hash, test, build path, failures, flaky failures, started, smallest ordinal as
+        text) per cluster, test and build."""
+        raise NotImplementedError
+
+    def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
+        """(test, local key hash, day, text) of the failures to tokenise, grouped in group order."""
+        raise NotImplementedError
+
+    def failure_texts(self, ids: pa.Table) -> dict[tuple[str, str, int], str]:
+        """The texts of these failures (IDS_SCHEMA)."""
         raise NotImplementedError
 
     def builds(self, window: Window) -> dict[str, Build]:
@@ -171,139 +215,217 @@ class ClusterTables:
     def _previous_rows(self) -> Iterator[tuple] | None:
         raise NotImplementedError
 
-    def start_failures_table(self) -> None:
-        """The next `failure_cluster_failures`, filled by `append_failures` and swapped in by `replace`."""
-        raise NotImplementedError
-
-    def append_failures(self, batch: pa.Table) -> None:
-        """Rows of the next `failure_cluster_failures` (`started` in epoch seconds)."""
-        raise NotImplementedError
-
-    def replace(self, clusters: pa.Table, test_keys: pa.Table) -> None:
-        """Swap in the failures written since `start_failures_table`, count them per cluster and
-        day, and replace the other tables, all at once."""
+    def replace(self, clusters: pa.Table) -> None:
+        """Make the failures (input with the key map) and their per cluster and day counts, and
+        replace the four tables with them, `clusters` and the key map, all at once."""
         raise NotImplementedError
 
     def describe(self, table: str) -> str:
         return self.warehouse.describe(table)
 
 
+def _failure(path, name, seq, text, started) -> Failure:
+    return Failure((path, name, seq), name, path, text, started)
+
+
 class DuckDBClusterTables(ClusterTables):
-    """The cluster tables in the DuckDB warehouse."""
+    """The cluster tables in the DuckDB warehouse; the run's scratch tables are temporary tables
+    of its one connection (spilled to disk beyond the memory limit)."""
 
     warehouse: DuckDBWarehouse
 
     _WINDOW = """started >= $first AND started < $last + INTERVAL 1 DAY
                   AND NOT list_contains($excluded, coalesce(job, ''))"""
+    # The window's rows of some tests, ordinals numbered over all their rows (passes sort last).
+    _NUMBERED = f"""
+        SELECT *, row_number() OVER (PARTITION BY path, name ORDER BY failure_text) - 1 AS seq
+        FROM test_results WHERE {_WINDOW} AND {{which}}"""
     _FAILED = f"""
-        WITH w AS (
-            SELECT * FROM test_results WHERE {_WINDOW} AND name BETWEEN $lo AND $hi
+        WITH w AS ({_NUMBERED.format(which="name BETWEEN $lo AND $hi")}
         ), passed AS (
             SELECT DISTINCT job, "commit", name FROM w WHERE NOT failed AND "commit" IS NOT NULL AND "commit" <> 'unknown'
         )
-        SELECT w.path, w.name,
-               row_number() OVER (PARTITION BY w.path, w.name ORDER BY w.failure_text) - 1 AS seq,
-               coalesce(w.failure_text, '') AS failure_text, coalesce(w.job, '') AS job, w.number,
-               epoch(w.started)::BIGINT AS started, p.job IS NOT NULL AS flaky
+        SELECT w.path, w.name, w.seq, coalesce(w.failure_text, '') AS failure_text, coalesce(w.job, '') AS job,
+               w.number, epoch(w.started)::BIGINT AS started, p.job IS NOT NULL AS flaky
         FROM w LEFT JOIN passed p ON p.job = w.job AND p."commit" = w."commit" AND p.name = w.name
         WHERE w.failed AND w.started IS NOT NULL
     """
-    ORDER = "ORDER BY f.name, f.started, f.path, f.seq"
+    _KEYED = "kc_input i JOIN kc_keys k ON k.name = i.name AND k.local_key_hash = i.local_key_hash"
 
-    def _present(self, conn) -> set[str]:
-        return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    def __init__(self, warehouse: DuckDBWarehouse):
+        super().__init__(warehouse)
+        self._session = None
+        self._conn = None
+
+    def _db(self):
+        if self._conn is None:
+            self._session = self.warehouse.duckdb.get_connection()
+            self._conn = self._session.__enter__()
+            self._conn.execute(f"SET memory_limit = '{SORTED_TEXT_MEMORY_LIMIT}'")
+        return self._conn
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.__exit__(None, None, None)  # temporary tables go with the connection
+            self._session = self._conn = None
+
+    def _present(self) -> set[str]:
+        return {r[0] for r in self._db().execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
     def has_test_results(self) -> bool:
-        with self.warehouse.duckdb.get_connection() as conn:
-            return "test_results" in self._present(conn)
+        return "test_results" in self._present()
 
     def latest_day(self) -> date | None:
-        with self.warehouse.duckdb.get_connection() as conn:
-            return conn.execute("SELECT max(started)::DATE FROM test_results WHERE failed").fetchone()[0]
-
-    def test_chunks(self, window: Window, rows: int = BATCH_ROWS) -> list[tuple]:
-        with self.warehouse.duckdb.get_connection() as conn:
-            counts = conn.execute(
-                f"SELECT name, count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NOT NULL "
-                "GROUP BY name ORDER BY name", window.params()).fetchall()
-        return _chunks(counts, rows)
+        return self._db().execute("SELECT max(started)::DATE FROM test_results WHERE failed").fetchone()[0]
 
     def unnamed_failures(self, window: Window) -> int:
-        with self.warehouse.duckdb.get_connection() as conn:
-            return conn.execute(f"SELECT count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NULL",
-                                window.params()).fetchone()[0]
+        return self._db().execute(
+            f"SELECT count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NULL",
+            window.params()).fetchone()[0]
 
-    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool, kept_texts: bool
-                      ) -> Iterator[tuple]:
-        with self.warehouse.duckdb.get_connection() as conn:
-            conn.execute(f"SET memory_limit = '{SORTED_TEXT_MEMORY_LIMIT}'")
-            if with_previous and FAILURES in self._present(conn):
-                text = "f.failure_text" if kept_texts else \
-                    "CASE WHEN m.local_key_hash IS NULL THEN f.failure_text END"
-                sql = (f"SELECT f.path, f.name, f.seq, {text}, f.job, f.number, f.started, f.flaky, m.local_key_hash "
-                       f"FROM ({self._FAILED}) f LEFT JOIN {FAILURES} m "
-                       f"ON m.path = f.path AND m.name = f.name AND m.seq = f.seq {self.ORDER}")
-            else:
-                sql = f"SELECT f.*, NULL AS local_key_hash FROM ({self._FAILED}) f {self.ORDER}"
-            for lo, hi, _ in chunks:
-                result = conn.execute(sql, {**window.params(), "lo": lo, "hi": hi})
-                while rows := result.fetchmany(BATCH_ROWS):
-                    yield from rows
+    def stage(self, window: Window, with_previous: bool, all_texts: bool) -> list[tuple]:
+        db = self._db()
+        counts = db.execute(
+            f"SELECT name, count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NOT NULL "
+            "GROUP BY name ORDER BY name", window.params()).fetchall()
+        chunks = _chunks(counts, BATCH_ROWS)
+        db.execute("""CREATE OR REPLACE TEMP TABLE kc_input (path VARCHAR, name VARCHAR, seq BIGINT,
+                      failure_text VARCHAR, job VARCHAR, number BIGINT, started BIGINT, flaky BOOLEAN,
+                      local_key_hash VARCHAR, new BOOLEAN, tokenize BOOLEAN)""")
+        previous = with_previous and FAILURES in self._present()
+        join = (f"LEFT JOIN {FAILURES} m ON m.path = f.path AND m.name = f.name AND m.seq = f.seq" if previous
+                else "LEFT JOIN (SELECT NULL::VARCHAR AS local_key_hash) m ON FALSE")
+        wanted = "TRUE" if all_texts else "m.local_key_hash IS NULL"
+        for lo, hi, _ in chunks:
+            db.execute(f"""INSERT INTO kc_input
+                SELECT f.path, f.name, f.seq, CASE WHEN {wanted} THEN f.failure_text END, f.job, f.number,
+                       f.started, f.flaky, m.local_key_hash, m.local_key_hash IS NULL, {wanted}
+                FROM ({self._FAILED}) f {join}""", {**window.params(), "lo": lo, "hi": hi})
+        self._window = window
+        return chunks
 
-    def start_failures_table(self) -> None:
-        columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS[FAILURES])
-        with self.warehouse.duckdb.get_connection() as conn:
-            conn.execute(f"CREATE OR REPLACE TABLE {FAILURES}_next ({columns})")
+    def kept_keys(self) -> Iterator[tuple[str, str, int]]:
+        yield from self._db().execute(
+            "SELECT name, local_key_hash, count(*) FROM kc_input WHERE NOT new GROUP BY ALL").fetchall()
 
-    def append_failures(self, batch: pa.Table) -> None:
-        columns = ", ".join("make_timestamp(started * 1000000)" if name == "started" else name
-                            for name, _ in COLUMNS[FAILURES])
-        with self.warehouse.duckdb.get_connection() as conn:
-            conn.register("incoming", batch)
-            conn.execute(f"INSERT INTO {FAILURES}_next SELECT {columns} FROM incoming")
-            conn.unregister("incoming")
+    def new_failures(self, chunks: list[tuple]) -> Iterator[Failure]:
+        for lo, hi, _ in chunks:
+            # A chunk at a time, whole: the consumer writes to the same connection between rows.
+            rows = self._db().execute(
+                "SELECT path, name, seq, failure_text, started FROM kc_input WHERE new AND name BETWEEN $lo AND $hi "
+                "ORDER BY name, started, path, seq", {"lo": lo, "hi": hi}).fetchall()
+            for row in rows:
+                yield _failure(*row)
+
+    def add_assigned(self, batch: pa.Table) -> None:
+        db = self._db()
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS kc_assigned (path VARCHAR, name VARCHAR, seq BIGINT, "
+                   "local_key_hash VARCHAR)")
+        db.register("incoming", batch)
+        db.execute("INSERT INTO kc_assigned SELECT * FROM incoming")
+        db.unregister("incoming")
+
+    def set_keys(self, keymap: pa.Table) -> None:
+        db = self._db()
+        db.register("incoming", keymap)
+        db.execute("CREATE OR REPLACE TEMP TABLE kc_keys AS SELECT * FROM incoming")
+        db.unregister("incoming")
+        if "kc_assigned" in {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}:
+            db.execute("""UPDATE kc_input SET local_key_hash = a.local_key_hash FROM kc_assigned a
+                          WHERE kc_input.new AND a.path = kc_input.path AND a.name = kc_input.name
+                            AND a.seq = kc_input.seq""")
+
+    def group_counts(self) -> pa.Table:
+        return self._db().execute(f"""
+            SELECT i.name, i.local_key_hash, i.started // 86400 AS day, any_value(k.key_hash) AS key_hash,
+                   count(*) AS failures, count(CASE WHEN i.tokenize THEN 1 END) AS tokenized
+            FROM {self._KEYED} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").to_arrow_table()
+
+    def _texts_of(self, relation: str) -> str:
+        """(path, name, seq, failure_text) of the failed tests `relation` (path, name, seq) names."""
+        which = f"(path, name) IN (SELECT DISTINCT path, name FROM {relation})"
+        return f"""SELECT n.path, n.name, n.seq, coalesce(n.failure_text, '') AS failure_text
+                   FROM ({self._NUMBERED.format(which=which)}) n SEMI JOIN {relation} r
+                     ON r.path = n.path AND r.name = n.name AND r.seq = n.seq
+                   WHERE n.failed AND n.started IS NOT NULL"""
+
+    def tokenize_groups(self, groups: pa.Table) -> None:
+        db = self._db()
+        db.register("incoming", groups)
+        db.execute("""CREATE OR REPLACE TEMP TABLE kc_needed AS
+                      SELECT i.path, i.name, i.seq FROM kc_input i SEMI JOIN incoming g
+                      ON g.name = i.name AND g.local_key_hash = i.local_key_hash AND g.day = i.started // 86400""")
+        db.unregister("incoming")
+        db.execute(f"""UPDATE kc_input SET tokenize = TRUE, failure_text = t.failure_text
+                       FROM ({self._texts_of('kc_needed')}) t
+                       WHERE t.path = kc_input.path AND t.name = kc_input.name AND t.seq = kc_input.seq""",
+                   self._window.params())
+
+    def tally_rows(self) -> Iterator[tuple]:
+        result = self._db().execute(f"""
+            SELECT k.key_hash, i.name, i.path, count(*), count(CASE WHEN i.flaky THEN 1 END), min(i.started),
+                   min(CAST(i.seq AS VARCHAR))
+            FROM {self._KEYED} GROUP BY 1, 2, 3""")
+        while rows := result.fetchmany(BATCH_ROWS):
+            yield from rows
+
+    def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
+        for lo, hi, _ in chunks:
+            yield from self._db().execute(
+                "SELECT name, local_key_hash, started // 86400, failure_text FROM kc_input "
+                "WHERE tokenize AND name BETWEEN $lo AND $hi ORDER BY 1, 2, 3", {"lo": lo, "hi": hi}).fetchall()
+
+    def failure_texts(self, ids: pa.Table) -> dict[tuple[str, str, int], str]:
+        db = self._db()
+        db.register("kc_ids", ids)
+        try:
+            rows = db.execute(self._texts_of("kc_ids"), self._window.params()).fetchall()
+        finally:
+            db.unregister("kc_ids")
+        return {(path, name, seq): text for path, name, seq, text in rows}
 
     def _build_rows(self, window: Window) -> Iterator[tuple]:
         self.warehouse.ensure_tables()
-        with self.warehouse.duckdb.get_connection() as conn:
-            result = conn.execute(
-                """SELECT path, job, number, epoch(started)::BIGINT, trunc(elapsed)::BIGINT, tests_run,
-                          tests_failed, result, executor
-                   FROM "all"
-                   WHERE started >= $first AND started < $last + INTERVAL 1 DAY
-                     AND NOT list_contains($excluded, coalesce(job, ''))""",
-                window.params(),
-            )
-            while rows := result.fetchmany(BATCH_ROWS):
-                yield from rows
+        result = self._db().execute(
+            """SELECT path, job, number, epoch(started)::BIGINT, trunc(elapsed)::BIGINT, tests_run,
+                      tests_failed, result, executor
+               FROM "all"
+               WHERE started >= $first AND started < $last + INTERVAL 1 DAY
+                 AND NOT list_contains($excluded, coalesce(job, ''))""",
+            window.params(),
+        )
+        while rows := result.fetchmany(BATCH_ROWS):
+            yield from rows
 
     def _previous_rows(self) -> list[tuple] | None:
-        with self.warehouse.duckdb.get_connection() as conn:
-            if not {CLUSTERS, FAILURES, TEST_KEYS} <= self._present(conn):
-                return None
-            return conn.execute(
-                f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key "
-                f"FROM {TEST_KEYS} k JOIN {CLUSTERS} c USING (key_hash)").fetchall()
+        if not {CLUSTERS, FAILURES, TEST_KEYS} <= self._present():
+            return None
+        return self._db().execute(
+            f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key "
+            f"FROM {TEST_KEYS} k JOIN {CLUSTERS} c USING (key_hash)").fetchall()
 
-    def replace(self, clusters: pa.Table, test_keys: pa.Table) -> None:
-        with self.warehouse.duckdb.get_connection() as conn:
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                conn.execute(f"DROP TABLE IF EXISTS {FAILURES}")
-                conn.execute(f"ALTER TABLE {FAILURES}_next RENAME TO {FAILURES}")
-                conn.execute(f"CREATE OR REPLACE TABLE {DAYS} AS {DAYS_SELECT.format(failures=FAILURES)} "
-                             "ORDER BY key_hash, day")
-                for name, table in ((CLUSTERS, clusters), (TEST_KEYS, test_keys)):
-                    conn.register("incoming", table)
-                    conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM incoming")
-                    conn.unregister("incoming")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+    def replace(self, clusters: pa.Table) -> None:
+        db = self._db()
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.execute(f"""CREATE OR REPLACE TABLE {FAILURES} AS
+                SELECT k.key_hash, k.cluster_id, i.path, i.job, i.number, i.name, i.seq,
+                       make_timestamp(i.started * 1000000) AS started, i.flaky, i.local_key_hash
+                FROM {self._KEYED} ORDER BY i.name, i.started, i.path, i.seq""")
+            db.execute(f"CREATE OR REPLACE TABLE {DAYS} AS {DAYS_SELECT.format(failures=FAILURES)} ORDER BY key_hash, day")
+            db.register("incoming", clusters)
+            db.execute(f"CREATE OR REPLACE TABLE {CLUSTERS} AS SELECT * FROM incoming")
+            db.unregister("incoming")
+            db.execute(f"CREATE OR REPLACE TABLE {TEST_KEYS} AS "
+                       "SELECT name, local_key_hash, local_key, key_hash FROM kc_keys ORDER BY name, local_key")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 _BQ_TYPES = {"VARCHAR": "STRING", "BIGINT": "INTEGER", "TIMESTAMP": "TIMESTAMP", "BOOLEAN": "BOOLEAN", "DATE": "DATE"}
+_ARROW_TO_BQ = {pa.string(): "STRING", pa.int64(): "INTEGER"}
 
 
 def _utc(value):
@@ -315,16 +437,19 @@ def _utc(value):
 
 
 class BigQueryClusterTables(ClusterTables):
-    """The cluster tables in the BigQuery dataset: the window's failures are first copied into a
-    scratch table clustered by test, which the run reads twice, chunk by chunk, and the new tables
-    are loaded into scratch tables and swapped in by one multi-statement transaction."""
+    """The cluster tables in the BigQuery dataset. The input is a scratch table clustered by test
+    number (with every text: BigQuery reads only the columns a query names), what the run hands
+    over is loaded into scratch tables by load jobs, and the new tables are swapped in by one
+    multi-statement transaction. Scratch tables start with `_kettle_cluster_`."""
 
     warehouse: BigQueryWarehouse
     INPUT = "_kettle_cluster_input"  # the window's failed tests, numbered by test
+    SCRATCH = "_kettle_cluster_"
 
     def __init__(self, warehouse: BigQueryWarehouse):
         super().__init__(warehouse)
-        self._spool: IO[bytes] | None = None
+        self._assigned: IO[bytes] | None = None
+        self._scratch: set[str] = set()
 
     def _table(self, name: str) -> str:
         return f"`{self.warehouse._table(name)}`"
@@ -349,6 +474,16 @@ class BigQueryClusterTables(ClusterTables):
             wh.ensure_tables(client)
             return {t.table_id for t in client.list_tables(f"{wh.bigquery.project}.{wh.dataset}", **wh._calls())}
 
+    def close(self) -> None:
+        if self._assigned is not None:
+            self._assigned.close()
+            self._assigned = None
+        wh = self.warehouse
+        with wh.bigquery.get_client() as client:
+            for name in (self.INPUT, *self._scratch):
+                client.delete_table(wh._table(name), not_found_ok=True, **wh._calls())
+        self._scratch.clear()
+
     def has_test_results(self) -> bool:
         return "test_results" in self._present()
 
@@ -361,10 +496,16 @@ class BigQueryClusterTables(ClusterTables):
                   AND started >= TIMESTAMP(@first) AND started < TIMESTAMP(DATE_ADD(@last, INTERVAL 1 DAY))
                   AND coalesce(job, '') NOT IN UNNEST(@excluded)"""
 
-    def test_chunks(self, window: Window, rows: int = BATCH_ROWS) -> list[tuple]:
-        """Also copies the window's failures (with their previous local key) into the scratch table."""
-        previous = (f"LEFT JOIN {self._table(FAILURES)} m ON m.path = f.path AND m.name = f.name AND m.seq = f.seq"
-                    if FAILURES in self._present() else "")
+    def unnamed_failures(self, window: Window) -> int:
+        return next(iter(self._query(
+            f"SELECT count(*) FROM {self._table('test_results')} WHERE {self._WINDOW} AND failed AND name IS NULL",
+            window.params())))[0]
+
+    def stage(self, window: Window, with_previous: bool, all_texts: bool) -> list[tuple]:
+        previous = with_previous and FAILURES in self._present()
+        join = (f"LEFT JOIN {self._table(FAILURES)} m ON m.path = f.path AND m.name = f.name AND m.seq = f.seq"
+                if previous else "")
+        local = "m.local_key_hash" if previous else "CAST(NULL AS STRING)"
         self._query(f"""
             CREATE OR REPLACE TABLE {self._table(self.INPUT)} CLUSTER BY test_no AS
             WITH w AS (
@@ -379,28 +520,118 @@ class BigQueryClusterTables(ClusterTables):
                 FROM w LEFT JOIN passed p ON p.job = w.job AND p.`commit` = w.`commit` AND p.name = w.name
                 WHERE w.failed AND w.started IS NOT NULL
             )
-            SELECT f.*, {'m.local_key_hash' if previous else 'CAST(NULL AS STRING) AS local_key_hash'},
+            SELECT f.*, {local} AS local_key_hash, {local} IS NULL AS new,
+                   {'TRUE' if all_texts else f'{local} IS NULL'} AS tokenize,
                    DENSE_RANK() OVER (ORDER BY f.name) AS test_no
-            FROM f {previous}""", window.params())
+            FROM f {join}""", window.params())
+        self._input = self._table(self.INPUT)
         counts = [tuple(r) for r in self._query(
             f"SELECT test_no, count(*) FROM {self._table(self.INPUT)} GROUP BY test_no ORDER BY test_no")]
-        return _chunks(counts, rows)
+        return _chunks(counts, BATCH_ROWS)
 
-    def unnamed_failures(self, window: Window) -> int:
-        return next(iter(self._query(
-            f"SELECT count(*) FROM {self._table('test_results')} WHERE {self._WINDOW} AND failed AND name IS NULL",
-            window.params())))[0]
+    def kept_keys(self) -> Iterator[tuple[str, str, int]]:
+        yield from (tuple(r) for r in self._query(
+            f"SELECT name, local_key_hash, count(*) FROM {self._table(self.INPUT)} WHERE NOT new GROUP BY 1, 2",
+            page_size=BATCH_ROWS))
 
-    def _failure_rows(self, window: Window, chunks: list[tuple], with_previous: bool, kept_texts: bool
-                      ) -> Iterator[tuple]:
-        text = "failure_text" if kept_texts or not with_previous else \
-            "CASE WHEN local_key_hash IS NULL THEN failure_text END"
-        local = "local_key_hash" if with_previous else "CAST(NULL AS STRING)"
+    def new_failures(self, chunks: list[tuple]) -> Iterator[Failure]:
+        for lo, hi, _ in chunks:
+            for row in self._query(
+                    f"""SELECT path, name, seq, failure_text, started FROM {self._table(self.INPUT)}
+                        WHERE new AND test_no BETWEEN @lo AND @hi ORDER BY name, started, path, seq""",
+                    {"lo": lo, "hi": hi}, page_size=BATCH_ROWS):
+                yield _failure(*row)
+
+    def _load(self, client, spool: IO[bytes], schema: list, destination: str) -> None:
+        from google.cloud import bigquery
+
+        spool.seek(0)
+        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+                                        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE, schema=schema)
+        wh = self.warehouse
+        job = client.load_table_from_file(spool, wh._table(destination), job_config=config,
+                                          timeout=wh.request_timeout_seconds)
+        job.result(timeout=wh.job_timeout_seconds, retry=wh._retry())
+
+    def _load_arrow(self, table: pa.Table, name: str, spool: IO[bytes] | None = None) -> str:
+        """Load rows (an Arrow table, or a spool of them as NDJSON) into scratch table `name`."""
+        from google.cloud import bigquery
+
+        schema = [bigquery.SchemaField(f.name, _ARROW_TO_BQ[f.type]) for f in table.schema]
+        scratch = self.SCRATCH + name
+        own = spool is None
+        if own:
+            spool = tempfile.TemporaryFile()
+            _write_ndjson(spool, table)
+        try:
+            with self.warehouse.bigquery.get_client() as client:
+                self._load(client, spool, schema, scratch)
+        finally:
+            if own:
+                spool.close()
+        self._scratch.add(scratch)
+        return self._table(scratch)
+
+    def add_assigned(self, batch: pa.Table) -> None:
+        if self._assigned is None:
+            self._assigned = tempfile.TemporaryFile()
+        _write_ndjson(self._assigned, batch)
+
+    def set_keys(self, keymap: pa.Table) -> None:
+        self._keys = self._load_arrow(keymap, "keys")
+        keyed = self.SCRATCH + "keyed"
+        assigned = self._load_arrow(ASSIGNED_SCHEMA.empty_table(), "assigned", self._assigned or tempfile.TemporaryFile())
+        self._query(f"""
+            CREATE OR REPLACE TABLE {self._table(keyed)} CLUSTER BY test_no AS
+            SELECT i.path, i.name, i.seq, i.failure_text, i.job, i.number, i.started, i.flaky,
+                   coalesce(i.local_key_hash, a.local_key_hash) AS local_key_hash, i.new, i.tokenize, i.test_no
+            FROM {self._table(self.INPUT)} i LEFT JOIN {assigned} a ON a.path = i.path AND a.name = i.name AND a.seq = i.seq""")
+        self._scratch.add(keyed)
+        self._input = self._table(keyed)
+
+    @property
+    def _keyed(self) -> str:
+        return f"{self._input} i JOIN {self._keys} k ON k.name = i.name AND k.local_key_hash = i.local_key_hash"
+
+    def group_counts(self) -> pa.Table:
+        rows = [tuple(r) for r in self._query(f"""
+            SELECT i.name, i.local_key_hash, DIV(i.started, 86400) AS day, ANY_VALUE(k.key_hash) AS key_hash,
+                   count(*) AS failures, COUNTIF(i.tokenize) AS tokenized
+            FROM {self._keyed} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", page_size=BATCH_ROWS)]
+        names = ["name", "local_key_hash", "day", "key_hash", "failures", "tokenized"]
+        return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)},
+                        schema=pa.schema([(n, pa.int64() if n in ("day", "failures", "tokenized") else pa.string())
+                                          for n in names]))
+
+    def tokenize_groups(self, groups: pa.Table) -> None:
+        needed = self._load_arrow(groups, "groups")
+        retokenized = self.SCRATCH + "retokenized"
+        self._query(f"""
+            CREATE OR REPLACE TABLE {self._table(retokenized)} CLUSTER BY test_no AS
+            SELECT i.path, i.name, i.seq, i.failure_text, i.job, i.number, i.started, i.flaky, i.local_key_hash,
+                   i.new, i.tokenize OR g.name IS NOT NULL AS tokenize, i.test_no
+            FROM {self._input} i LEFT JOIN {needed} g
+              ON g.name = i.name AND g.local_key_hash = i.local_key_hash AND g.day = DIV(i.started, 86400)""")
+        self._scratch.add(retokenized)
+        self._input = self._table(retokenized)
+
+    def tally_rows(self) -> Iterator[tuple]:
+        yield from (tuple(r) for r in self._query(f"""
+            SELECT k.key_hash, i.name, i.path, count(*), COUNTIF(i.flaky), min(i.started), min(CAST(i.seq AS STRING))
+            FROM {self._keyed} GROUP BY 1, 2, 3""", page_size=BATCH_ROWS))
+
+    def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
         for lo, hi, _ in chunks:
             yield from (tuple(r) for r in self._query(
-                f"""SELECT path, name, seq, {text}, job, number, started, flaky, {local}
-                    FROM {self._table(self.INPUT)} WHERE test_no BETWEEN @lo AND @hi
-                    ORDER BY name, started, path, seq""", {"lo": lo, "hi": hi}, page_size=BATCH_ROWS))
+                f"""SELECT name, local_key_hash, DIV(started, 86400), failure_text FROM {self._input}
+                    WHERE tokenize AND test_no BETWEEN @lo AND @hi ORDER BY 1, 2, 3""",
+                {"lo": lo, "hi": hi}, page_size=BATCH_ROWS))
+
+    def failure_texts(self, ids: pa.Table) -> dict[tuple[str, str, int], str]:
+        wanted = self._load_arrow(ids, "ids")
+        return {(r[0], r[1], r[2]): r[3] for r in self._query(
+            f"""SELECT i.path, i.name, i.seq, i.failure_text FROM {self._input} i
+                JOIN {wanted} w ON w.path = i.path AND w.name = i.name AND w.seq = i.seq""", page_size=BATCH_ROWS)}
 
     def _build_rows(self, window: Window) -> Iterator[tuple]:
         yield from (tuple(r) for r in self._query(
@@ -418,65 +649,49 @@ class BigQueryClusterTables(ClusterTables):
             f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key "
             f"FROM {self._table(TEST_KEYS)} k JOIN {self._table(CLUSTERS)} c USING (key_hash)", page_size=BATCH_ROWS)]
 
-    def start_failures_table(self) -> None:
-        if self._spool is not None:
-            self._spool.close()
-        self._spool = tempfile.TemporaryFile()
-
-    def append_failures(self, batch: pa.Table) -> None:
-        for row in batch.to_pylist():
-            row["started"] = _utc(datetime.fromtimestamp(row["started"], tz=timezone.utc))
-            self._spool.write(json.dumps(row).encode() + b"\n")
-
     def _schema(self, table: str):
         from google.cloud import bigquery
 
         return [bigquery.SchemaField(name, _BQ_TYPES[kind]) for name, kind in COLUMNS[table]]
 
-    def _load(self, client, spool: IO[bytes], table: str, destination: str) -> None:
-        from google.cloud import bigquery
-
-        spool.seek(0)
-        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
-                                        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-                                        schema=self._schema(table))
-        wh = self.warehouse
-        job = client.load_table_from_file(spool, wh._table(destination), job_config=config,
-                                          timeout=wh.request_timeout_seconds)
-        job.result(timeout=wh.job_timeout_seconds, retry=wh._retry())
-
-    def replace(self, clusters: pa.Table, test_keys: pa.Table) -> None:
+    def replace(self, clusters: pa.Table) -> None:
         from google.cloud import bigquery
 
         wh = self.warehouse
-        spools = {FAILURES: self._spool}
-        for name, table in ((CLUSTERS, clusters), (TEST_KEYS, test_keys)):
-            spools[name] = spool = tempfile.TemporaryFile()
-            for row in table.to_pylist():
-                spool.write(json.dumps({k: _utc(v) for k, v in row.items()}).encode() + b"\n")
-        scratch = {name: f"_kettle_next_{name}" for name in spools}
+        spool = tempfile.TemporaryFile()
+        for row in clusters.to_pylist():
+            spool.write(json.dumps({k: _utc(v) for k, v in row.items()}).encode() + b"\n")
+        scratch = {name: self.SCRATCH + "next_" + name for name in (CLUSTERS, FAILURES)}
         try:
             with wh.bigquery.get_client() as client:
-                for name in (*spools, DAYS):
+                for name in (CLUSTERS, FAILURES, TEST_KEYS, DAYS):
                     table = bigquery.Table(wh._table(name), schema=self._schema(name))
                     table.clustering_fields = ["key_hash"] if name != TEST_KEYS else ["name"]
                     client.create_table(table, exists_ok=True, **wh._calls())
-                for name, spool in spools.items():
-                    self._load(client, spool, name, scratch[name])
-                moves = "".join(
-                    f"DELETE FROM {self._table(name)} WHERE TRUE;\n"
-                    f"INSERT INTO {self._table(name)} SELECT * FROM {self._table(scratch[name])};\n"
-                    for name in spools)
-                days = DAYS_SELECT.format(failures=self._table(scratch[FAILURES]))
+                self._load(client, spool, self._schema(CLUSTERS), scratch[CLUSTERS])
+                self._scratch.update(scratch.values())
+            self._query(f"""
+                CREATE OR REPLACE TABLE {self._table(scratch[FAILURES])} AS
+                SELECT k.key_hash, k.cluster_id, i.path, i.job, i.number, i.name, i.seq,
+                       TIMESTAMP_SECONDS(i.started) AS started, i.flaky, i.local_key_hash
+                FROM {self._keyed}""")
+            days = DAYS_SELECT.format(failures=self._table(scratch[FAILURES]))
+            with wh.bigquery.get_client() as client:
                 wh._run(client, f"""
                     BEGIN TRANSACTION;
-                    {moves}
+                    DELETE FROM {self._table(CLUSTERS)} WHERE TRUE;
+                    INSERT INTO {self._table(CLUSTERS)} SELECT * FROM {self._table(scratch[CLUSTERS])};
+                    DELETE FROM {self._table(FAILURES)} WHERE TRUE;
+                    INSERT INTO {self._table(FAILURES)} SELECT * FROM {self._table(scratch[FAILURES])};
+                    DELETE FROM {self._table(TEST_KEYS)} WHERE TRUE;
+                    INSERT INTO {self._table(TEST_KEYS)} SELECT name, local_key_hash, local_key, key_hash FROM {self._keys};
                     DELETE FROM {self._table(DAYS)} WHERE TRUE;
                     INSERT INTO {self._table(DAYS)} {days};
                     COMMIT TRANSACTION;""")
-                for name in (*scratch.values(), self.INPUT):
-                    client.delete_table(wh._table(name), not_found_ok=True, **wh._calls())
         finally:
-            for spool in spools.values():
-                spool.close()
-            self._spool = None
+            spool.close()
+
+
+def _write_ndjson(spool: IO[bytes], table: pa.Table) -> None:
+    for row in table.to_pylist():
+        spool.write(json.dumps(row).encode() + b"\n")
