@@ -140,7 +140,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     builds = tables.builds(window)
     tallies = tally(tables.tally_rows(), builds)
     changed = groups.changed_clusters() | {h for h, t in tallies.items() if state.shown_as(h) != t.representative()}
-    commons = groups.common_tokens(tables.tokenized_texts(chunks), changed)
+    commons = state.common_tokens(groups, tables.tokenized_texts(chunks), changed)
     representatives = {h: tallies[h].representative() for h in changed if h in tallies}
     texts = tables.failure_texts(pa.table(
         [list(c) for c in zip(*representatives.values())] if representatives else [[], [], []], schema=IDS_SCHEMA))
@@ -167,7 +167,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     clusters_table = pa.table(clusters).rename_columns(
         ["cluster_id", "key_hash", "cluster_key", *cluster_cols[3:], "tests", "jobs", "in_triage"])
     clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
-    token = state.write(groups, shown)
+    token = state.write(shown)
     tables.replace(clusters_table)
     staging.write_marker(OPTIONS_MARKER, fingerprint)
     staging.write_marker(STATE_MARKER, token)
@@ -264,7 +264,7 @@ class _Groups:
         # counts: name, local_key_hash, day, key_hash, failures, tokenized (group order)
         self.counts = counts
         self.tokenized = pc.sum(counts["tokenized"]).as_py() or 0
-        self.before = before  # the last run's groups with their tokens, or None
+        self.before = before  # the last run's groups without their tokens, or None
         if before is None:
             self.previous_row = pa.nulls(counts.num_rows, pa.int64())
             self.vanished: set[str] = set()
@@ -302,18 +302,17 @@ class _Groups:
                          pc.or_(pc.is_null(prior), pc.not_equal(self.counts["failures"], pc.fill_null(prior, -1))))
         return set(self.counts.filter(changed)["key_hash"].to_pylist()) | self.vanished
 
-    def common_tokens(self, texts: Iterator[tuple[str, str, int, str]], clusters: set[str]) -> dict[str, set[str]]:
+    def common_tokens(self, texts: Iterator[tuple[str, str, int, str]], clusters: set[str],
+                      previous: "_PreviousTokens | None", keep: "_GroupsWriter") -> dict[str, set[str]]:
         """Each cluster of `clusters` with the tokens all its failures have; every group's tokens
-        are kept (as JSON) for the next run in `self.tokens`."""
+        (as JSON) are handed to `keep` for the next run, unchanged ones as they were."""
         commons: dict[str, set[str]] = {}
-        blobs: list[bytes | None] = []
         texts = iter(texts)
         pending = next(texts, None)
-        previous_tokens = self.before["tokens"] if self.before is not None else None
-        previous_failures = self.before["failures"] if self.before is not None else None
+        prior_failures = self._prior_failures().to_pylist()
         rows = zip(*(self.counts[c].to_pylist() for c in ("name", "local_key_hash", "day", "key_hash", "failures",
-                                                          "tokenized")), self.previous_row.to_pylist())
-        for name, local_hash, day, hashed, count, tokenized_count, prior_row in rows:
+                                                          "tokenized")), self.previous_row.to_pylist(), prior_failures)
+        for name, local_hash, day, hashed, count, tokenized_count, prior_row, prior_count in rows:
             streamed = None
             for _ in range(tokenized_count):
                 if pending is None or pending[:3] != (name, local_hash, day):
@@ -321,26 +320,76 @@ class _Groups:
                 tokens = span_tokens(pending[3])
                 streamed = set(tokens) if streamed is None else streamed.intersection(tokens)
                 pending = next(texts, None)
+            blob = previous.blob(prior_row) if tokenized_count < count and prior_row is not None else None
             if tokenized_count == 0 and hashed not in clusters:
-                blobs.append(None)  # unchanged: the previous run's tokens, kept as they are
+                keep.add(blob)  # unchanged: the previous run's tokens, kept as they are
                 continue
             kept = None
-            if prior_row is not None and tokenized_count < count:
-                kept = GroupTokens(name, local_hash, day, previous_failures[prior_row].as_py(), hashed,
-                                   orjson.loads(previous_tokens[prior_row].as_py()))
+            if blob is not None:
+                kept = GroupTokens(name, local_hash, day, prior_count, hashed, orjson.loads(blob))
             tokens = group_tokens(count, tokenized_count, streamed, kept)
-            blobs.append(None if tokenized_count == 0 else orjson.dumps(list(tokens)))
+            keep.add(blob if tokenized_count == 0 else orjson.dumps(list(tokens)))
             if hashed in clusters:
                 common = commons.get(hashed)
                 commons[hashed] = set(tokens) if common is None else common.intersection(tokens)
         if pending is not None:
             raise RuntimeError("texts left over after the last group")
-        fresh = pa.array(blobs, pa.binary())
-        if previous_tokens is not None:
-            reused = pc.take(previous_tokens, self.previous_row)
-            fresh = pc.if_else(pc.is_null(fresh), reused, fresh)
-        self.tokens = fresh
         return commons
+
+
+class _PreviousTokens:
+    """The last run's group tokens, read in batches as the groups come (in the same order)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._restart()
+
+    def _restart(self) -> None:
+        self._batches = pq.ParquetFile(self.path).iter_batches(batch_size=5_000, columns=["tokens"])
+        self._start, self._values = 0, []
+
+    def blob(self, row: int) -> bytes:
+        if row < self._start:  # out of order: read again from the start
+            self._restart()
+        while row >= self._start + len(self._values):
+            self._start += len(self._values)
+            self._values = next(self._batches).column(0).to_pylist()
+        return self._values[row - self._start]
+
+
+class _GroupsWriter:
+    """This run's groups with their tokens, written as they are worked out."""
+
+    BATCH = 5_000
+
+    def __init__(self, path: Path, counts: pa.Table, schema: pa.Schema):
+        self.counts = counts
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self.schema = schema
+        self.blobs: list[bytes] = []
+        self.written = 0
+
+    def add(self, blob: bytes) -> None:
+        self.blobs.append(blob)
+        if len(self.blobs) == self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.blobs:
+            part = self.counts.slice(self.written, len(self.blobs))
+            self.writer.write_table(pa.table(
+                [part["name"], part["local_key_hash"], part["day"], part["failures"], part["key_hash"],
+                 pa.array(self.blobs, pa.binary())], schema=self.schema))
+            self.written += len(self.blobs)
+            self.blobs = []
+
+    def close(self) -> Path:
+        self._flush()
+        self.writer.close()
+        if self.written != self.counts.num_rows:
+            raise RuntimeError(f"{self.written} of {self.counts.num_rows} groups written")
+        return self.tmp
 
 
 class _State:
@@ -358,14 +407,20 @@ class _State:
         folder = staging.root / "failure_clusters"
         folder.mkdir(parents=True, exist_ok=True)
         self.groups_path, self.shown_path = folder / "groups.parquet", folder / "shown.parquet"
+        self.token = uuid.uuid4().hex  # of the files this run writes
         self.before: pa.Table | None = None
+        self.previous_tokens: _PreviousTokens | None = None
         self.shown: dict[str, Shown] = {}
         if expected_token is None or not (self.groups_path.exists() and self.shown_path.exists()):
             return
-        groups, shown = pq.read_table(self.groups_path), pq.read_table(self.shown_path)
-        if any((t.schema.metadata or {}).get(b"token", b"").decode() != expected_token for t in (groups, shown)):
+        tokens = [(pq.read_schema(p).metadata or {}).get(b"token", b"").decode()
+                  for p in (self.groups_path, self.shown_path)]
+        if tokens != [expected_token, expected_token]:
             return
-        self.before = groups.replace_schema_metadata(None)
+        self.before = pq.read_table(self.groups_path, columns=[f.name for f in self.GROUPS if f.name != "tokens"]
+                                    ).replace_schema_metadata(None)
+        self.previous_tokens = _PreviousTokens(self.groups_path)
+        shown = pq.read_table(self.shown_path)
         for hashed, path, name, seq, text, spans in zip(*(c.to_pylist() for c in shown.columns)):
             self.shown[hashed] = Shown((path, name, seq), text, json.loads(spans))
 
@@ -380,19 +435,26 @@ class _State:
     def compare(self, counts: pa.Table) -> _Groups:
         return _Groups(counts, self.before)
 
-    def write(self, groups: _Groups, shown: dict[str, Shown]) -> str:
-        token = uuid.uuid4().hex
-        metadata = {"token": token}
-        counts = groups.counts
-        table = pa.table([counts["name"], counts["local_key_hash"], counts["day"], counts["failures"],
-                          counts["key_hash"], groups.tokens], schema=self.GROUPS.with_metadata(metadata))
-        _write_parquet(self.groups_path, table)
+    def common_tokens(self, groups: _Groups, texts: Iterator[tuple[str, str, int, str]], clusters: set[str]
+                      ) -> dict[str, set[str]]:
+        """`_Groups.common_tokens`, the groups written for the next run (put in place by `write`)."""
+        writer = _GroupsWriter(self.groups_path, groups.counts, self.GROUPS.with_metadata({"token": self.token}))
+        try:
+            commons = groups.common_tokens(texts, clusters, self.previous_tokens, writer)
+        except BaseException:
+            writer.writer.close()
+            raise
+        self._groups_written = writer.close()
+        return commons
+
+    def write(self, shown: dict[str, Shown]) -> str:
         ordered = sorted(shown.items())
         columns = [[h for h, _ in ordered], [s.failure[0] for _, s in ordered], [s.failure[1] for _, s in ordered],
                    [s.failure[2] for _, s in ordered], [s.text for _, s in ordered],
                    [json.dumps(s.spans) for _, s in ordered]]
-        _write_parquet(self.shown_path, pa.table(columns, schema=self.SHOWN.with_metadata(metadata)))
-        return token
+        _write_parquet(self.shown_path, pa.table(columns, schema=self.SHOWN.with_metadata({"token": self.token})))
+        os.replace(self._groups_written, self.groups_path)
+        return self.token
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
