@@ -374,6 +374,33 @@ def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path, monkeypat
     assert _materialize(warehouse, staging, rules="go")["mode"].value == "full"
 
 
+def test_failures_leaving_mid_window_have_their_groups_read_again(tmp_path):
+    corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
+    results, builds = [], {}
+    for f in corpus:
+        when = datetime.fromtimestamp(f.started, tz=timezone.utc).replace(tzinfo=None)
+        results.append((f.path, f.job, f.number, when, when, None, "c", f.test, 1.0, True, f.text))
+        builds[f.path] = (f.path, f.job, f.number, when, when, 60.0, 5, 1, "FAILURE", "prow")
+    warehouse, staging = _home(tmp_path, results, list(builds.values()))
+    _materialize(warehouse, staging, full=True)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+        # One failure of each of a few groups (test key and day) that have more than one.
+        leaving = conn.execute("""
+            SELECT any_value(path), name FROM failure_cluster_failures
+            GROUP BY name, local_key_hash, CAST(started AS DATE) HAVING count(*) > 1 ORDER BY 2 LIMIT 3""").fetchall()
+        assert len(leaving) == 3
+        conn.executemany("DELETE FROM test_results WHERE path = ? AND name = ?", leaving)
+    shutil.copytree(tmp_path, tmp_path / "without-state", ignore=shutil.ignore_patterns("without-state"))
+    (tmp_path / "without-state" / "staging" / "failure_clusters" / "shown.parquet").unlink()
+    meta = _materialize(warehouse, staging)
+    assert meta["mode"].value == "incremental" and meta["new_failures"].value == 0
+    assert meta["groups_read_again"].value >= 3 and meta["clusters_described"].value < meta["clusters"].value
+    bare = _materialize(*_home_at(tmp_path / "without-state"))
+    assert bare["clusters_described"].value == bare["clusters"].value
+    assert bare["failure_data_sha1"].value == meta["failure_data_sha1"].value
+    assert meta["failures"].value == len(results) - 3
+
+
 def test_without_test_results_the_asset_says_so_and_succeeds(tmp_path):
     warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(tmp_path / "warehouse.duckdb")))
     meta = _materialize(warehouse, StagingStore(home=str(tmp_path)))
@@ -386,3 +413,11 @@ def test_normalising_in_worker_processes_gives_the_same_clustering():
     one = cluster_stream(fs, workers=1)
     two = cluster_stream(fs, workers=2)
     assert list(two.local_ids) == list(one.local_ids) and two.global_key == one.global_key
+
+
+def test_a_window_without_failures_gives_no_clusters(tmp_path):
+    warehouse, staging = _hand_made(tmp_path)
+    meta = _materialize(warehouse, staging, last_day="2020-01-01")
+    assert meta["failures"].value == 0 and meta["clusters"].value == 0
+    assert json.loads((tmp_path / "export" / "triage" / "failure_data.json").read_text())["clustered"] == []
+    assert _materialize(warehouse, staging, last_day="2020-01-02")["mode"].value == "incremental"

@@ -201,6 +201,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
             "summary_seconds": round(summary_seconds, 2),
             "render_seconds": round(render_seconds, 2),
             "tokenized_failures": groups.tokenized,
+            "groups_read_again": needy.num_rows,
             **sizes,
             "tables": ", ".join(tables.describe(t) for t in (CLUSTERS, FAILURES, DAYS, TEST_KEYS)),
             **({"report": report} if report is not None else {}),

@@ -560,6 +560,13 @@ class BigQueryClusterTables(ClusterTables):
         schema = [bigquery.SchemaField(f.name, _ARROW_TO_BQ[f.type]) for f in table.schema]
         scratch = self.SCRATCH + name
         own = spool is None
+        if own and not table.num_rows:  # a load job refuses an empty file: an empty table instead
+            wh = self.warehouse
+            with wh.bigquery.get_client() as client:
+                client.delete_table(wh._table(scratch), not_found_ok=True, **wh._calls())
+                client.create_table(bigquery.Table(wh._table(scratch), schema=schema), **wh._calls())
+            self._scratch.add(scratch)
+            return self._table(scratch)
         if own:
             spool = tempfile.TemporaryFile()
             _write_ndjson(spool, table)
@@ -579,8 +586,10 @@ class BigQueryClusterTables(ClusterTables):
 
     def set_keys(self, keymap: pa.Table) -> None:
         self._keys = self._load_arrow(keymap, "keys")
+        if self._assigned is None:  # no new failure (and a load job refuses an empty file)
+            return
         keyed = self.SCRATCH + "keyed"
-        assigned = self._load_arrow(ASSIGNED_SCHEMA.empty_table(), "assigned", self._assigned or tempfile.TemporaryFile())
+        assigned = self._load_arrow(ASSIGNED_SCHEMA.empty_table(), "assigned", self._assigned)
         self._query(f"""
             CREATE OR REPLACE TABLE {self._table(keyed)} CLUSTER BY test_no AS
             SELECT i.path, i.name, i.seq, i.failure_text, i.job, i.number, i.started, i.flaky,
