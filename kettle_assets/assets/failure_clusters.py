@@ -15,7 +15,7 @@ import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import dagster as dg
 import orjson
@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from ..core.clustering import ClusterOptions, Failure, cluster_stream
 from ..core.triage_output import (
     BuildColumns, GroupTokens, Shown, describe, dumps, failure_data, group_tokens, key_hash, slices, tally)
-from ..core.triage_text import cluster_id, common_spans, ngram_counts, span_tokens
+from ..core.triage_output import shown as shown_as
+from ..core.triage_text import cluster_id, ngram_counts, span_tokens
 from ..resources.cluster_tables import (
     ASSIGNED_SCHEMA, CLUSTERS, DAYS, FAILURES, GROUPS_SCHEMA, IDS_SCHEMA, KEYMAP_SCHEMA, TEST_KEYS, ClusterTables,
     Window, cluster_tables)
@@ -129,6 +130,11 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     del previous_global, kept
     keymap, keys = _keymap(clustering)
     tables.set_keys(keymap)
+    # From here on only the clustering's counts are needed: its keys (and their copies in the key
+    # map) are the largest things a run from scratch holds.
+    counted = _Counted(clustering.new_failures, clustering.kept_failures, clustering.distance_checks,
+                       clustering.bound_hits)
+    del keymap, clustering
     clustered_seconds = time.monotonic() - started
 
     started = time.monotonic()
@@ -137,27 +143,20 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     if needy.num_rows:
         tables.tokenize_groups(needy)
         groups = state.compare(tables.group_counts())
-    builds = tables.builds(window)
-    tallies = tally(tables.tally_rows(), builds)
+    tallies = tally(tables.tally_rows())
     changed = groups.changed_clusters() | {h for h, t in tallies.items() if state.shown_as(h) != t.representative()}
     commons = state.common_tokens(groups, tables.tokenized_texts(chunks), changed)
-    representatives = {h: tallies[h].representative() for h in changed if h in tallies}
-    texts = tables.failure_texts(pa.table(
-        [list(c) for c in zip(*representatives.values())] if representatives else [[], [], []], schema=IDS_SCHEMA))
-    shown = {}
-    for hashed in tallies:
-        if hashed in representatives:
-            text = texts[representatives[hashed]]
-            shown[hashed] = Shown(representatives[hashed], text, common_spans(text, commons[hashed]))
-        else:
-            shown[hashed] = state.shown[hashed]
-    del commons, texts
+    shown = _shown(tables, tallies, commons, state)
+    del commons
+    state.shown.clear()  # the old texts of the clusters described again
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
-    summary = describe(tallies, keys, shown, builds, owners)
+    builds = tables.builds(window)
+    summary = describe(tallies, keys, shown, builds.latest, owners)
     summary_seconds = time.monotonic() - started
-    columns = BuildColumns(builds.values())
-    del builds, tallies  # one object per build: the largest thing held while the JSON is written
-    data = failure_data(summary, columns)
+    described = len(changed & tallies.keys())
+    token = state.write(shown)
+    del tallies, shown
+    data = failure_data(summary, builds)
 
     cluster_cols = ["id", "key_hash", "key", "text", "owner", "failures", "flaky_failures", "first_seen", "last_seen"]
     clusters = _columns(summary.clusters, cluster_cols)
@@ -167,19 +166,19 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     clusters_table = pa.table(clusters).rename_columns(
         ["cluster_id", "key_hash", "cluster_key", *cluster_cols[3:], "tests", "jobs", "in_triage"])
     clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
-    token = state.write(shown)
     tables.replace(clusters_table)
+    tables.close()  # the warehouse's memory back before the JSON is rendered
     staging.write_marker(OPTIONS_MARKER, fingerprint)
     staging.write_marker(STATE_MARKER, token)
     started = time.monotonic()
-    sizes = write_triage_files(staging.export_dir / "triage", data, columns)
+    sizes = write_triage_files(staging.export_dir / "triage", data, builds)
     render_seconds = time.monotonic() - started
 
     flaky = sum(c["flaky_failures"] for c in summary.clusters)
     context.log.info(
         f"failure_clusters: {failures_total} failures of {window.first_day}..{window.last_day} in "
-        f"{len(summary.clusters)} clusters ({clustering.new_failures} newly matched, {clustering.kept_failures} kept; "
-        f"{len(changed)} clusters described again); {clustering.bound_hits} texts hit the distance-check bound"
+        f"{len(summary.clusters)} clusters ({counted.new_failures} newly matched, {counted.kept_failures} kept; "
+        f"{described} clusters described again); {counted.bound_hits} texts hit the distance-check bound"
     )
     return dg.MaterializeResult(
         metadata={
@@ -187,15 +186,15 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
             "window": f"{window.first_day}..{window.last_day}",
             "mode": "incremental" if incremental else "full",
             "failures": failures_total,
-            "new_failures": clustering.new_failures,
-            "kept_failures": clustering.kept_failures,
+            "new_failures": counted.new_failures,
+            "kept_failures": counted.kept_failures,
             "clusters": len(summary.clusters),
             "clusters_in_triage": len(data["clustered"]),
-            "clusters_described": len(representatives),
+            "clusters_described": described,
             "flaky_failures": flaky,
             "skipped_unnamed_failures": unnamed,
-            "distance_checks": clustering.distance_checks,
-            "bound_hits": clustering.bound_hits,
+            "distance_checks": counted.distance_checks,
+            "bound_hits": counted.bound_hits,
             "max_distance_checks": options.max_distance_checks,
             "clustering_seconds": round(clustered_seconds, 2),
             "summary_seconds": round(summary_seconds, 2),
@@ -211,6 +210,29 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
                 ["id", "failures", "flaky", "owner", "key"])),
         }
     )
+
+
+def _shown(tables: ClusterTables, tallies: dict, commons: dict[str, set[str]], state: "_State") -> dict[str, Shown]:
+    """How each cluster is shown: worked out for those with common tokens (the changed ones),
+    their representative failures' texts read in one go; the last run's for the others."""
+    representatives = {h: tallies[h].representative() for h in commons}
+    texts = tables.failure_texts(pa.table(
+        [list(c) for c in zip(*representatives.values())] if representatives else [[], [], []], schema=IDS_SCHEMA))
+    shown = {}
+    for hashed in tallies:
+        if hashed in representatives:
+            text = texts[representatives[hashed]]
+            shown[hashed] = shown_as(representatives[hashed], text, commons[hashed])
+        else:
+            shown[hashed] = state.shown[hashed]
+    return shown
+
+
+class _Counted(NamedTuple):
+    new_failures: int
+    kept_failures: int
+    distance_checks: int
+    bound_hits: int
 
 
 class _Assigned:
@@ -303,6 +325,13 @@ class _Groups:
                          pc.or_(pc.is_null(prior), pc.not_equal(self.counts["failures"], pc.fill_null(prior, -1))))
         return set(self.counts.filter(changed)["key_hash"].to_pylist()) | self.vanished
 
+    def _rows(self) -> Iterator[tuple]:
+        """Each group with its row in, and failures of, the last run, a batch of Python objects at a time."""
+        table = self.counts.select(["name", "local_key_hash", "day", "key_hash", "failures", "tokenized"]).append_column(
+            "prior_row", self.previous_row).append_column("prior_failures", self._prior_failures())
+        for batch in table.to_batches(max_chunksize=10_000):
+            yield from zip(*(column.to_pylist() for column in batch.columns))
+
     def common_tokens(self, texts: Iterator[tuple[str, str, int, str]], clusters: set[str],
                       previous: "_PreviousTokens | None", keep: "_GroupsWriter") -> dict[str, set[str]]:
         """Each cluster of `clusters` with the tokens all its failures have; every group's tokens
@@ -310,10 +339,7 @@ class _Groups:
         commons: dict[str, set[str]] = {}
         texts = iter(texts)
         pending = next(texts, None)
-        prior_failures = self._prior_failures().to_pylist()
-        rows = zip(*(self.counts[c].to_pylist() for c in ("name", "local_key_hash", "day", "key_hash", "failures",
-                                                          "tokenized")), self.previous_row.to_pylist(), prior_failures)
-        for name, local_hash, day, hashed, count, tokenized_count, prior_row, prior_count in rows:
+        for name, local_hash, day, hashed, count, tokenized_count, prior_row, prior_count in self._rows():
             streamed = None
             for _ in range(tokenized_count):
                 if pending is None or pending[:3] != (name, local_hash, day):
@@ -402,7 +428,7 @@ class _State:
     GROUPS = pa.schema([("test", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int64()),
                         ("failures", pa.int64()), ("key_hash", pa.string()), ("tokens", pa.binary())])
     SHOWN = pa.schema([("key_hash", pa.string()), ("path", pa.string()), ("name", pa.string()), ("seq", pa.int64()),
-                       ("text", pa.string()), ("spans", pa.string())])
+                       ("text", pa.string()), ("spans", pa.binary())])
 
     def __init__(self, staging: StagingStore, expected_token: str | None):
         folder = staging.root / "failure_clusters"
@@ -423,7 +449,8 @@ class _State:
         self.previous_tokens = _PreviousTokens(self.groups_path)
         shown = pq.read_table(self.shown_path)
         for hashed, path, name, seq, text, spans in zip(*(c.to_pylist() for c in shown.columns)):
-            self.shown[hashed] = Shown((path, name, seq), text, json.loads(spans))
+            # Re-serialised: the bytes go into the output as they are, so they must be orjson's.
+            self.shown[hashed] = Shown((path, name, seq), text, orjson.dumps(orjson.loads(spans)))
 
     @property
     def valid(self) -> bool:
@@ -452,7 +479,7 @@ class _State:
         ordered = sorted(shown.items())
         columns = [[h for h, _ in ordered], [s.failure[0] for _, s in ordered], [s.failure[1] for _, s in ordered],
                    [s.failure[2] for _, s in ordered], [s.text for _, s in ordered],
-                   [json.dumps(s.spans) for _, s in ordered]]
+                   [s.spans for _, s in ordered]]
         _write_parquet(self.shown_path, pa.table(columns, schema=self.SHOWN.with_metadata({"token": self.token})))
         os.replace(self._groups_written, self.groups_path)
         return self.token

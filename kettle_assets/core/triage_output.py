@@ -11,29 +11,11 @@ from typing import Collection, Iterable, Iterator, NamedTuple
 
 import orjson
 
-from .triage_text import normalize_name
+from .triage_text import common_spans, normalize_name
 
 SIG_LABEL = re.compile(r"\[sig-([^]]*)\]")
 DEFAULT_OWNER = "testing"
 BUILD_COLUMNS = ("started", "tests_failed", "elapsed", "tests_run", "result", "executor", "pr")
-
-
-@dataclass(frozen=True, slots=True)
-class Build:
-    path: str
-    job: str
-    number: int | None
-    started: int | None  # epoch seconds
-    elapsed: int | None
-    tests_run: int | None
-    tests_failed: int | None
-    result: str | None
-    executor: str | None
-
-    @property
-    def pr(self) -> str | None:
-        """The PR number from a pr-logs path (`.../pull/<pr>/<job>/<number>`), as triage takes it."""
-        return self.path.split("/")[-3] if "pr-logs" in self.path else None
 
 
 class ClusterTally:
@@ -47,7 +29,7 @@ class ClusterTally:
         self.flaky = 0
         self.first_seen: int | None = None
         self.last_seen: int | None = None
-        # test -> [failures, {job: {build numbers}}, (started, build path, ordinal as text) of its first failure]
+        # test -> [failures, {job: {build number: started}}, (started, build path, ordinal as text) of its first failure]
         self.tests: dict[str, list] = {}
 
     def representative(self) -> tuple[str, str, int]:
@@ -58,12 +40,11 @@ class ClusterTally:
         return path, test, int(seq)
 
 
-def tally(rows: Iterable[tuple[str, str, str, int, int, int, str]], builds: dict[str, Build]
-          ) -> dict[str, ClusterTally]:
-    """Clusters by key hash, from rows (key hash, test, build path, failures, flaky failures,
-    build started, smallest ordinal written as text) per cluster, test and build."""
+def tally(rows: Iterable[tuple[str, str, str, str, int | None, int, int, int, str]]) -> dict[str, ClusterTally]:
+    """Clusters by key hash, from rows (key hash, test, build path, job, build number, failures,
+    flaky failures, build started, smallest ordinal written as text) per cluster, test and build."""
     clusters: dict[str, ClusterTally] = {}
-    for hashed, test, path, failures, flaky, started, seq in rows:
+    for hashed, test, path, job, number, failures, flaky, started, seq in rows:
         cluster = clusters.get(hashed)
         if cluster is None:
             cluster = clusters[hashed] = ClusterTally()
@@ -76,9 +57,9 @@ def tally(rows: Iterable[tuple[str, str, str, int, int, int, str]], builds: dict
         if per_test is None:
             per_test = cluster.tests[test] = [0, {}, None]
         per_test[0] += failures
-        build = builds.get(path)
-        if build is not None and build.number is not None:  # triage lists only known, numbered builds
-            per_test[1].setdefault(build.job, set()).add(build.number)
+        if number is not None:  # triage lists only numbered builds
+            numbers = per_test[1].setdefault(job, {})
+            numbers[number] = max(numbers.get(number, started), started)
         # Ordinals compare as text, as the failure ids (path, test, ordinal) of triage's order do.
         order = (started, path, seq)
         if per_test[2] is None or order < per_test[2]:
@@ -88,11 +69,16 @@ def tally(rows: Iterable[tuple[str, str, str, int, int, int, str]], builds: dict
 
 @dataclass(frozen=True)
 class Shown:
-    """How a cluster is shown: its representative failure, that failure's text and the text's spans."""
+    """How a cluster is shown: its representative failure, that failure's text and the text's spans
+    (as JSON: tens of thousands of clusters' lists of ints take hundreds of MB as Python objects)."""
 
     failure: tuple[str, str, int]  # (build path, test, ordinal)
     text: str
-    spans: list[int]
+    spans: bytes  # JSON list of the alternating span lengths
+
+
+def shown(failure: tuple[str, str, int], text: str, common: set[str]) -> Shown:
+    return Shown(failure, text, orjson.dumps(common_spans(text, common)))
 
 
 @dataclass
@@ -101,12 +87,11 @@ class ClusterSummary:
 
 
 def describe(tallies: dict[str, ClusterTally], keys: dict[str, tuple[str, str]], shown: dict[str, Shown],
-             builds: dict[str, Build], owners: dict[str, list[str]] | None = None) -> ClusterSummary:
+             latest: int, owners: dict[str, list[str]] | None = None) -> ClusterSummary:
     """Each cluster as triage describes it, by failures then key; `keys` ((key, triage id)) and
     `shown` by key hash."""
+    """`latest`: the start of the window's latest build; an owner's failures since a day before it count first."""
     owner_of = _owner_matcher(owners or {})
-    numbered = {(b.job, b.number): b for b in builds.values() if b.number is not None}
-    latest = max((b.started for b in numbered.values() if b.started), default=0)
     out = []
     for hashed, cluster in sorted(tallies.items(), key=lambda hc: (-hc[1].failures, keys[hc[0]][0])):
         key, triage_id = keys[hashed]
@@ -115,9 +100,9 @@ def describe(tallies: dict[str, ClusterTally], keys: dict[str, tuple[str, str]],
             "key": key,
             "id": triage_id,
             "text": shown[hashed].text,
-            "spans": shown[hashed].spans,
+            "spans": orjson.Fragment(shown[hashed].spans),
             "tests": [{"name": name, "jobs": _jobs(jobs)} for name, (_, jobs, _) in tests],
-            "owner": _owner(tests, owner_of, numbered, latest - 86400),
+            "owner": _owner(tests, owner_of, latest - 86400),
             "failures": cluster.failures,
             "flaky_failures": cluster.flaky,
             "first_seen": cluster.first_seen,
@@ -158,7 +143,7 @@ def key_hash(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _jobs(jobs: dict[str, set[int]]) -> list[dict]:
+def _jobs(jobs: dict[str, dict[int, int]]) -> list[dict]:
     """{name, builds} per job, build numbers (as strings) descending, jobs by builds desc then name."""
     ordered = sorted(((job, sorted(numbers, reverse=True)) for job, numbers in jobs.items()),
                      key=lambda jn: (-len(jn[1]), jn[0]))
@@ -185,7 +170,7 @@ def _owner_matcher(owners: dict[str, list[str]]):
     return owner_of
 
 
-def _owner(tests, owner_of, numbered: dict[tuple[str, int], Build], since: int) -> str:
+def _owner(tests, owner_of, since: int) -> str:
     """The SIG whose tests failed most in the last day (then before it), from `[sig-x]` in the test
     name or an owners file's prefixes; `testing` when none is known."""
     counts: dict[str, list[int]] = {}
@@ -198,8 +183,8 @@ def _owner(tests, owner_of, numbered: dict[tuple[str, int], Build], since: int) 
         for job, numbers in hits[1].items():
             if ":" in job:  # not a standard CI job, as triage skips them
                 continue
-            for number in numbers:
-                tally[0 if (numbered[(job, number)].started or 0) > since else 1] += 1
+            for started in numbers.values():
+                tally[0 if (started or 0) > since else 1] += 1
     if not counts:
         return DEFAULT_OWNER
     return max(counts.items(), key=lambda oc: (oc[1], oc[0]))[0]
@@ -207,21 +192,33 @@ def _owner(tests, owner_of, numbered: dict[tuple[str, int], Build], since: int) 
 
 class BuildColumns:
     """triage's columnar builds, each job's block computed once so that the 256 slices (each a
-    subset of the jobs) are concatenations rather than re-sorts."""
+    subset of the jobs) are concatenations rather than re-sorts. Built from rows (path, job,
+    number, started, elapsed, tests_run, tests_failed, result, executor) in (job, number, path)
+    order, straight into columns: no object per build."""
 
-    def __init__(self, builds: Iterable[Build]):
-        by_job: dict[str, list[Build]] = {}
-        for build in builds:
-            if build.number is not None and build.started:
-                by_job.setdefault(build.job, []).append(build)
-        self._blocks = {}
-        for job, job_builds in by_job.items():
-            job_builds.sort(key=lambda b: (b.number, b.path))
-            columns = {c: [getattr(b, c) for b in job_builds] for c in BUILD_COLUMNS}
-            numbers: dict[int, int] = {}
-            for offset, build in enumerate(job_builds):
-                numbers[build.number] = offset  # a repeated number keeps its last build, as triage does
-            self._blocks[job] = (columns, numbers, job_builds[0].path[: job_builds[0].path.rindex("/")])
+    def __init__(self, rows: Iterable[tuple]):
+        self._blocks: dict[str, tuple[dict[str, list], list[int], list[int], str]] = {}
+        self.latest = 0  # the start of the latest numbered build
+        shared: dict = {}  # one object per distinct result and executor
+        columns = numbers = offsets = None
+        for path, job, number, started, elapsed, run, failed, result, executor in rows:
+            if number is None or not started:
+                continue
+            self.latest = max(self.latest, started)
+            if job not in self._blocks:
+                columns, numbers, offsets = {c: [] for c in BUILD_COLUMNS}, [], []
+                self._blocks[job] = (columns, numbers, offsets, path[: path.rindex("/")])
+            elif self._blocks[job][0] is not columns:
+                raise ValueError(f"builds of job {job!r} must come together")
+            offset = len(columns["started"])
+            for column, value in zip(BUILD_COLUMNS, (started, failed, elapsed, run, shared.setdefault(result, result),
+                                                     shared.setdefault(executor, executor), _pr(path))):
+                columns[column].append(value)
+            if numbers and numbers[-1] == number:
+                offsets[-1] = offset  # a repeated number keeps its last build, as triage does
+            else:
+                numbers.append(number)
+                offsets.append(offset)
 
     def render(self, jobs: Iterable[str] | None = None) -> dict:
         """per job build number -> column index (or `[first, count, first index]` when the numbers
@@ -231,16 +228,20 @@ class BuildColumns:
         out_jobs: dict[str, object] = {}
         job_paths: dict[str, str] = {}
         for job in names:
-            columns, numbers, folder = self._blocks[job]
+            columns, numbers, offsets, folder = self._blocks[job]
             base = len(cols["started"])
             for c in BUILD_COLUMNS:
                 cols[c].extend(columns[c])
-            ordered = sorted(numbers)
-            dense = ordered[-1] == ordered[0] + len(ordered) - 1 and all(
-                numbers[number] == n for n, number in enumerate(ordered))
-            out_jobs[job] = [ordered[0], len(ordered), base] if dense else {str(n): base + i for n, i in numbers.items()}
+            dense = numbers[-1] == numbers[0] + len(numbers) - 1 and all(o == n for n, o in enumerate(offsets))
+            out_jobs[job] = [numbers[0], len(numbers), base] if dense else {
+                str(n): base + o for n, o in zip(numbers, offsets)}
             job_paths[job] = folder
         return {"jobs": out_jobs, "cols": cols, "job_paths": job_paths}
+
+
+def _pr(path: str) -> str | None:
+    """The PR number from a pr-logs path (`.../pull/<pr>/<job>/<number>`), as triage takes it."""
+    return path.split("/")[-3] if "pr-logs" in path else None
 
 
 TRIAGE_FIELDS = ("key", "id", "text", "spans", "tests", "owner")

@@ -31,7 +31,7 @@ from typing import IO, Iterator
 import pyarrow as pa
 
 from ..core.clustering import Failure
-from ..core.triage_output import Build
+from ..core.triage_output import BuildColumns
 from .bigquery import BigQueryWarehouse
 from .warehouse import DuckDBWarehouse, Warehouse
 
@@ -125,7 +125,7 @@ class ClusterTables:
         self.warehouse = warehouse
 
     def close(self) -> None:
-        """Drop the run's scratch tables."""
+        """Drop the run's scratch tables (again: a no-op)."""
 
     def has_test_results(self) -> bool:
         raise NotImplementedError
@@ -171,8 +171,8 @@ class ClusterTables:
         raise NotImplementedError
 
     def tally_rows(self) -> Iterator[tuple]:
-        """(key hash, test, build path, failures, flaky failures, started, smallest ordinal as
-        text) per cluster, test and build."""
+        """(key hash, test, build path, job, build number, failures, flaky failures, started,
+        smallest ordinal as text) per cluster, test and build."""
         raise NotImplementedError
 
     def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
@@ -183,16 +183,13 @@ class ClusterTables:
         """The texts of these failures (IDS_SCHEMA)."""
         raise NotImplementedError
 
-    def builds(self, window: Window) -> dict[str, Build]:
+    def builds(self, window: Window) -> BuildColumns:
         """The builds started in the window, as triage's `builds` file lists them."""
-        shared: dict = {}  # one object per distinct job, result and executor
-        builds: dict[str, Build] = {}
-        for path, job, number, started, elapsed, run, failed, outcome, executor in self._build_rows(window):
-            builds[path] = Build(path, shared.setdefault(job, job), number, started, elapsed, run, failed,
-                                 shared.setdefault(outcome, outcome), shared.setdefault(executor, executor))
-        return builds
+        return BuildColumns(self._build_rows(window))
 
     def _build_rows(self, window: Window) -> Iterator[tuple]:
+        """(path, job, number, started, elapsed, tests_run, tests_failed, result, executor) in
+        (job, number, path) order."""
         raise NotImplementedError
 
     def previous(self) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]] | None:
@@ -205,14 +202,15 @@ class ClusterTables:
         # Each row comes with its own copy of its cluster's key (and a key is often also a local
         # key): one copy of each, as a run from scratch holds them.
         same: dict[str, str] = {}
-        for name, local_hash, local_key, cluster_key in rows:
+        for name, local_hash, local_key, cluster_key in (row for batch in rows for row in batch):
             local_key = same.setdefault(local_key, local_key)
             cluster_key = same.setdefault(cluster_key, cluster_key)
             local[(name, local_hash)] = local_key
             cluster[(name, local_key)] = cluster_key
         return local, cluster
 
-    def _previous_rows(self) -> Iterator[tuple] | None:
+    def _previous_rows(self) -> Iterator[list[tuple]] | None:
+        """Batches of (test, local key hash, local key, cluster key): one copy of each key is kept."""
         raise NotImplementedError
 
     def replace(self, clusters: pa.Table) -> None:
@@ -363,8 +361,8 @@ class DuckDBClusterTables(ClusterTables):
 
     def tally_rows(self) -> Iterator[tuple]:
         result = self._db().execute(f"""
-            SELECT k.key_hash, i.name, i.path, count(*), count(CASE WHEN i.flaky THEN 1 END), min(i.started),
-                   min(CAST(i.seq AS VARCHAR))
+            SELECT k.key_hash, i.name, i.path, any_value(i.job), any_value(i.number), count(*),
+                   count(CASE WHEN i.flaky THEN 1 END), min(i.started), min(CAST(i.seq AS VARCHAR))
             FROM {self._KEYED} GROUP BY 1, 2, 3""")
         while rows := result.fetchmany(BATCH_ROWS):
             yield from rows
@@ -391,18 +389,20 @@ class DuckDBClusterTables(ClusterTables):
                       tests_failed, result, executor
                FROM "all"
                WHERE started >= $first AND started < $last + INTERVAL 1 DAY
-                 AND NOT list_contains($excluded, coalesce(job, ''))""",
+                 AND NOT list_contains($excluded, coalesce(job, ''))
+               ORDER BY job, number, path""",
             window.params(),
         )
         while rows := result.fetchmany(BATCH_ROWS):
             yield from rows
 
-    def _previous_rows(self) -> list[tuple] | None:
+    def _previous_rows(self) -> Iterator[tuple] | None:
         if not {CLUSTERS, FAILURES, TEST_KEYS} <= self._present():
             return None
-        return self._db().execute(
+        result = self._db().execute(
             f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key "
-            f"FROM {TEST_KEYS} k JOIN {CLUSTERS} c USING (key_hash)").fetchall()
+            f"FROM {TEST_KEYS} k JOIN {CLUSTERS} c USING (key_hash)")
+        return iter(lambda: result.fetchmany(BATCH_ROWS), [])
 
     def replace(self, clusters: pa.Table) -> None:
         db = self._db()
@@ -450,6 +450,7 @@ class BigQueryClusterTables(ClusterTables):
         super().__init__(warehouse)
         self._assigned: IO[bytes] | None = None
         self._scratch: set[str] = set()
+        self._closed = False
 
     def _table(self, name: str) -> str:
         return f"`{self.warehouse._table(name)}`"
@@ -475,12 +476,18 @@ class BigQueryClusterTables(ClusterTables):
             return {t.table_id for t in client.list_tables(f"{wh.bigquery.project}.{wh.dataset}", **wh._calls())}
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._assigned is not None:
             self._assigned.close()
             self._assigned = None
         wh = self.warehouse
         with wh.bigquery.get_client() as client:
-            for name in (self.INPUT, *self._scratch):
+            # Also what a run that was killed left behind.
+            left = {t.table_id for t in client.list_tables(f"{wh.bigquery.project}.{wh.dataset}", **wh._calls())
+                    if t.table_id.startswith(self.SCRATCH)}
+            for name in left | self._scratch:
                 client.delete_table(wh._table(name), not_found_ok=True, **wh._calls())
         self._scratch.clear()
 
@@ -626,7 +633,8 @@ class BigQueryClusterTables(ClusterTables):
 
     def tally_rows(self) -> Iterator[tuple]:
         yield from (tuple(r) for r in self._query(f"""
-            SELECT k.key_hash, i.name, i.path, count(*), COUNTIF(i.flaky), min(i.started), min(CAST(i.seq AS STRING))
+            SELECT k.key_hash, i.name, i.path, ANY_VALUE(i.job), ANY_VALUE(i.number), count(*), COUNTIF(i.flaky),
+                   min(i.started), min(CAST(i.seq AS STRING))
             FROM {self._keyed} GROUP BY 1, 2, 3""", page_size=BATCH_ROWS))
 
     def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
@@ -649,14 +657,16 @@ class BigQueryClusterTables(ClusterTables):
                 FROM {self._table('all')}
                 WHERE (finished >= TIMESTAMP(@first) OR finished IS NULL)
                   AND started >= TIMESTAMP(@first) AND started < TIMESTAMP(DATE_ADD(@last, INTERVAL 1 DAY))
-                  AND coalesce(job, '') NOT IN UNNEST(@excluded)""", window.params(), page_size=BATCH_ROWS))
+                  AND coalesce(job, '') NOT IN UNNEST(@excluded)
+                ORDER BY job, number, path""", window.params(), page_size=BATCH_ROWS))
 
-    def _previous_rows(self) -> list[tuple] | None:
+    def _previous_rows(self) -> Iterator[list[tuple]] | None:
         if not {CLUSTERS, FAILURES, TEST_KEYS} <= self._present():
             return None
-        return [tuple(r) for r in self._query(
-            f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key "
-            f"FROM {self._table(TEST_KEYS)} k JOIN {self._table(CLUSTERS)} c USING (key_hash)", page_size=BATCH_ROWS)]
+        rows = self._query(f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key "
+                           f"FROM {self._table(TEST_KEYS)} k JOIN {self._table(CLUSTERS)} c USING (key_hash)",
+                           page_size=BATCH_ROWS)
+        return ([tuple(r) for r in page] for page in rows.pages)
 
     def _schema(self, table: str):
         from google.cloud import bigquery
