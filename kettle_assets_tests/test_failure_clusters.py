@@ -331,6 +331,23 @@ def test_a_failure_is_flaky_only_where_the_test_passed_at_the_same_job_and_known
             (f"{logs}/3", "TestB")]
 
 
+def test_a_test_failing_twice_in_a_build_is_numbered_by_failure_text(tmp_path):
+    logs = "gs://k/logs/" + JOB
+    results = [
+        _row(f"{logs}/1", JOB, 1, 0, "TestTwice", True, "zzz went wrong"),
+        _row(f"{logs}/1", JOB, 1, 0, "TestTwice", False),  # a pass of the same test (a retry) sorts last
+        _row(f"{logs}/1", JOB, 1, 0, "TestTwice", True, "aaa went wrong"),
+        _row(f"{logs}/2", JOB, 2, 0, "TestTwice", True, "zzz went wrong"),
+    ]
+    warehouse, staging = _home(tmp_path, results, [_build(f"{logs}/{n}", JOB, n, 0) for n in (1, 2)])
+    assert _materialize(warehouse, staging)["failures"].value == 3
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        rows = conn.execute("""SELECT f.path, f.seq, c.cluster_key FROM failure_cluster_failures f
+                               JOIN failure_clusters c USING (key_hash) ORDER BY 1, 2""").fetchall()
+    assert rows == [(f"{logs}/1", 0, "aaa went wrong"), (f"{logs}/1", 1, "zzz went wrong"),
+                    (f"{logs}/2", 0, "zzz went wrong")]
+
+
 def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path, monkeypatch):
     # Small batches of new failures' keys: they are written while the new failures are still read.
     monkeypatch.setattr(failure_clusters_module._Assigned, "BATCH", 7)

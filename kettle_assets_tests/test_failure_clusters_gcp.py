@@ -44,9 +44,11 @@ def rows_by_day() -> dict[str, list[dict]]:
 
     for n, f in enumerate(_corpus_module().generate(160, days=3, seed=21, start=START)):
         version = f"v{n % 5}"
-        build(f.path, f.job, f.number, f.started,
-              [{"name": f.test, "time": 1.0, "failed": True, "failure_text": f.text},
-               {"name": "TestFine", "time": 1.0, "failed": None, "failure_text": None}], version)
+        tests = [{"name": f.test, "time": 1.0, "failed": True, "failure_text": f.text},
+                 {"name": "TestFine", "time": 1.0, "failed": None, "failure_text": None}]
+        if n % 7 == 0:  # the same test failing again in the build: ordinals by failure text
+            tests.append({"name": f.test, "time": 1.0, "failed": True, "failure_text": "again: " + f.text[::-1]})
+        build(f.path, f.job, f.number, f.started, tests, version)
         if n % 4 == 0:
             build(f"{f.path}9", f.job, f.number * 10 + 9, f.started + 60,
                   [{"name": f.test, "time": 1.0, "failed": None, "failure_text": None}], version)
