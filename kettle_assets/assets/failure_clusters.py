@@ -62,9 +62,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_triage_files(folder: Path, data: dict, builds: BuildColumns) -> dict:
-    """failure_data.json and slices/failure_data_<slice>.json; stale slices removed. Returns sizes."""
+    """failure_data.json and slices/failure_data_<slice>.json; stale slices removed. Returns sizes.
+    `data["builds"]` is dropped once the main file is written (it is the largest thing held)."""
     main = dumps(data)
     _write_atomic(folder / "failure_data.json", main)
+    sizes = {"failure_data_bytes": len(main), "failure_data_sha1": hashlib.sha1(main).hexdigest()}
+    del main, data["builds"]
     written, largest = set(), 0
     for name, part in slices(data, builds):
         blob = dumps(part)
@@ -75,8 +78,7 @@ def write_triage_files(folder: Path, data: dict, builds: BuildColumns) -> dict:
     for old in (folder / "slices").glob("failure_data_*.json"):
         if old.name not in written:
             old.unlink()
-    return {"failure_data_bytes": len(main), "slices": len(written), "largest_slice_bytes": largest,
-            "failure_data_sha1": hashlib.sha1(main).hexdigest()}
+    return {**sizes, "slices": len(written), "largest_slice_bytes": largest}
 
 
 def _columns(rows: list[dict], names: list[str]) -> dict[str, list]:

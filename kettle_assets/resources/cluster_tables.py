@@ -255,6 +255,9 @@ class DuckDBClusterTables(ClusterTables):
         LEFT JOIN passed p ON p.job = w.job AND p."commit" = w."commit" AND p.name = w.name
         WHERE w.failed AND w.started IS NOT NULL
     """
+    # The input holds no text: a failure's text is read by row id when it is needed.
+    _TEXT = "coalesce(t.failure_text, '')"
+    _TEXT_JOIN = "JOIN test_results t ON t.rowid = i.rid"
     _KEYED = "kc_input i JOIN kc_keys k ON k.name = i.name AND k.local_key_hash = i.local_key_hash"
 
     def __init__(self, warehouse: DuckDBWarehouse):
@@ -295,7 +298,7 @@ class DuckDBClusterTables(ClusterTables):
             "GROUP BY name ORDER BY name", window.params()).fetchall()
         chunks = _chunks(counts, BATCH_ROWS)
         db.execute("""CREATE OR REPLACE TEMP TABLE kc_input (rid BIGINT, path VARCHAR, name VARCHAR, seq BIGINT,
-                      failure_text VARCHAR, job VARCHAR, number BIGINT, started BIGINT, flaky BOOLEAN,
+                      job VARCHAR, number BIGINT, started BIGINT, flaky BOOLEAN,
                       local_key_hash VARCHAR, new BOOLEAN, tokenize BOOLEAN)""")
         previous = with_previous and FAILURES in self._present()
         join = (f"LEFT JOIN {FAILURES} m ON m.path = f.path AND m.name = f.name AND m.seq = f.seq" if previous
@@ -303,10 +306,9 @@ class DuckDBClusterTables(ClusterTables):
         wanted = "TRUE" if all_texts else "m.local_key_hash IS NULL"
         for lo, hi, _ in chunks:
             db.execute(f"""INSERT INTO kc_input
-                SELECT f.rid, f.path, f.name, f.seq, NULL, f.job, f.number, f.started, f.flaky, m.local_key_hash,
+                SELECT f.rid, f.path, f.name, f.seq, f.job, f.number, f.started, f.flaky, m.local_key_hash,
                        m.local_key_hash IS NULL, {wanted}
                 FROM ({self._FAILED}) f {join}""", {**window.params(), "lo": lo, "hi": hi})
-        self._fetch_texts("tokenize")
         return chunks
 
     def kept_keys(self) -> Iterator[tuple[str, str, int]]:
@@ -317,8 +319,9 @@ class DuckDBClusterTables(ClusterTables):
         for lo, hi, _ in chunks:
             # A chunk at a time, whole: the consumer writes to the same connection between rows.
             rows = self._db().execute(
-                "SELECT path, name, seq, failure_text, started FROM kc_input WHERE new AND name BETWEEN $lo AND $hi "
-                "ORDER BY name, started, path, seq", {"lo": lo, "hi": hi}).fetchall()
+                f"SELECT i.path, i.name, i.seq, {self._TEXT}, i.started FROM kc_input i {self._TEXT_JOIN} "
+                "WHERE i.new AND i.name BETWEEN $lo AND $hi ORDER BY i.name, i.started, i.path, i.seq",
+                {"lo": lo, "hi": hi}).fetchall()
             for row in rows:
                 yield _failure(*row)
 
@@ -346,11 +349,6 @@ class DuckDBClusterTables(ClusterTables):
                    count(*) AS failures, count(CASE WHEN i.tokenize THEN 1 END) AS tokenized
             FROM {self._KEYED} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").to_arrow_table()
 
-    def _fetch_texts(self, which: str) -> None:
-        """Fill in the texts of the input's rows `which` selects, by row id."""
-        self._db().execute(f"""UPDATE kc_input SET failure_text = coalesce(t.failure_text, '')
-                               FROM test_results t WHERE t.rowid = kc_input.rid AND {which}""")
-
     def tokenize_groups(self, groups: pa.Table) -> None:
         db = self._db()
         db.register("incoming", groups)
@@ -358,7 +356,6 @@ class DuckDBClusterTables(ClusterTables):
                       WHERE g.name = kc_input.name AND g.local_key_hash = kc_input.local_key_hash
                         AND g.day = kc_input.started // 86400""")
         db.unregister("incoming")
-        self._fetch_texts("kc_input.tokenize AND kc_input.failure_text IS NULL")
 
     def tally_rows(self) -> Iterator[tuple]:
         result = self._db().execute(f"""
@@ -371,16 +368,16 @@ class DuckDBClusterTables(ClusterTables):
     def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
         for lo, hi, _ in chunks:
             yield from self._db().execute(
-                "SELECT name, local_key_hash, started // 86400, failure_text FROM kc_input "
-                "WHERE tokenize AND name BETWEEN $lo AND $hi ORDER BY 1, 2, 3", {"lo": lo, "hi": hi}).fetchall()
+                f"SELECT i.name, i.local_key_hash, i.started // 86400, {self._TEXT} FROM kc_input i {self._TEXT_JOIN} "
+                "WHERE i.tokenize AND i.name BETWEEN $lo AND $hi ORDER BY 1, 2, 3", {"lo": lo, "hi": hi}).fetchall()
 
     def failure_texts(self, ids: pa.Table) -> dict[tuple[str, str, int], str]:
         db = self._db()
         db.register("kc_ids", ids)
         try:
-            rows = db.execute("""SELECT i.path, i.name, i.seq, coalesce(t.failure_text, '')
-                                 FROM kc_input i SEMI JOIN kc_ids r ON r.path = i.path AND r.name = i.name AND r.seq = i.seq
-                                 JOIN test_results t ON t.rowid = i.rid""").fetchall()
+            rows = db.execute(f"""SELECT i.path, i.name, i.seq, {self._TEXT}
+                                  FROM kc_input i SEMI JOIN kc_ids r ON r.path = i.path AND r.name = i.name AND r.seq = i.seq
+                                  {self._TEXT_JOIN}""").fetchall()
         finally:
             db.unregister("kc_ids")
         return {(path, name, seq): text for path, name, seq, text in rows}
