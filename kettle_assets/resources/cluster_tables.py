@@ -2,7 +2,7 @@
 
 A run copies the failed tests of its window from `test_results` into a scratch table, the
 *input* (with whether the same test passed at the same job and commit, and the test key the last
-run gave each failure), with failure texts only where the run needs them: for the failures not
+run gave each failure); texts are read only where the run needs them: for the failures not
 clustered before, and for those whose common tokens must be counted again. Everything else the
 run needs is counted from the input by SQL, so that a daily increment handles one day of text,
 not the window's. Builds come from `all`. The cluster tables are also the state an incremental
@@ -140,7 +140,7 @@ class ClusterTables:
 
     def stage(self, window: Window, with_previous: bool, all_texts: bool) -> list[tuple]:
         """Copy the window's failed tests into the input, each with its previous test key (with
-        `with_previous`) and its text if it has none (or with `all_texts`). Returns chunks of
+        `with_previous`), marked to be tokenised if it has none (or with `all_texts`). Returns chunks of
         tests of about BATCH_ROWS failures, (first, last, failures), read one at a time."""
         raise NotImplementedError
 
@@ -228,7 +228,7 @@ def _failure(path, name, seq, text, started) -> Failure:
 
 class DuckDBClusterTables(ClusterTables):
     """The cluster tables in the DuckDB warehouse; the run's scratch tables are temporary tables
-    of its one connection (spilled to disk beyond the memory limit)."""
+    of its one connection (which also keeps other writers out, so row ids stay put)."""
 
     warehouse: DuckDBWarehouse
 
