@@ -331,6 +331,17 @@ def test_a_failure_is_flaky_only_where_the_test_passed_at_the_same_job_and_known
             (f"{logs}/3", "TestB")]
 
 
+def _five_days() -> tuple[list[tuple], list[tuple]]:
+    """A generated 500-failure, 5-day history: test_results rows and their builds."""
+    corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
+    results, builds = [], {}
+    for f in corpus:
+        when = datetime.fromtimestamp(f.started, tz=timezone.utc).replace(tzinfo=None)
+        results.append((f.path, f.job, f.number, when, when, None, "c", f.test, 1.0, True, f.text))
+        builds[f.path] = (f.path, f.job, f.number, when, when, 60.0, 5, 1, "FAILURE", "prow")
+    return results, list(builds.values())
+
+
 def test_a_test_failing_twice_in_a_build_is_numbered_by_failure_text(tmp_path):
     logs = "gs://k/logs/" + JOB
     results = [
@@ -351,14 +362,9 @@ def test_a_test_failing_twice_in_a_build_is_numbered_by_failure_text(tmp_path):
 def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path, monkeypatch):
     # Small batches of new failures' keys: they are written while the new failures are still read.
     monkeypatch.setattr(failure_clusters_module._Assigned, "BATCH", 7)
-    corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
-    results, builds = [], {}
-    for f in corpus:
-        when = datetime.fromtimestamp(f.started, tz=timezone.utc).replace(tzinfo=None)
-        results.append((f.path, f.job, f.number, when, when, None, "c", f.test, 1.0, True, f.text))
-        builds[f.path] = (f.path, f.job, f.number, when, when, 60.0, 5, 1, "FAILURE", "prow")
+    results, builds = _five_days()
     last = max(r[3] for r in results).date()
-    warehouse, staging = _home(tmp_path, [r for r in results if r[3].date() < last], list(builds.values()))
+    warehouse, staging = _home(tmp_path, [r for r in results if r[3].date() < last], builds)
     first = _materialize(warehouse, staging, full=True)
     out = tmp_path / "export" / "triage" / "failure_data.json"
     blob = out.read_bytes()
@@ -392,13 +398,8 @@ def test_same_input_same_bytes_and_incremental_run_keeps_ids(tmp_path, monkeypat
 
 
 def test_failures_leaving_mid_window_have_their_groups_read_again(tmp_path):
-    corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
-    results, builds = [], {}
-    for f in corpus:
-        when = datetime.fromtimestamp(f.started, tz=timezone.utc).replace(tzinfo=None)
-        results.append((f.path, f.job, f.number, when, when, None, "c", f.test, 1.0, True, f.text))
-        builds[f.path] = (f.path, f.job, f.number, when, when, 60.0, 5, 1, "FAILURE", "prow")
-    warehouse, staging = _home(tmp_path, results, list(builds.values()))
+    results, builds = _five_days()
+    warehouse, staging = _home(tmp_path, results, builds)
     _materialize(warehouse, staging, full=True)
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
         # One failure of each of a few groups (test key and day) that have more than one.
