@@ -270,6 +270,7 @@ class DuckDBClusterTables(ClusterTables):
             self._session = self.warehouse.duckdb.get_connection()
             self._conn = self._session.__enter__()
             self._conn.execute(f"SET memory_limit = '{SORTED_TEXT_MEMORY_LIMIT}'")
+            self._conn.execute("SET enable_progress_bar = false")  # its bars would land in the run's stdout
         return self._conn
 
     def close(self) -> None:
