@@ -345,7 +345,7 @@ class DuckDBClusterTables(ClusterTables):
                             AND a.seq = kc_input.seq""")
 
     def group_counts(self) -> pa.Table:
-        return self._db().execute(f"""
+        return self._db().sql(f"""
             SELECT i.name, i.local_key_hash, i.started // 86400 AS day, any_value(k.key_hash) AS key_hash,
                    count(*) AS failures, count(CASE WHEN i.tokenize THEN 1 END) AS tokenized
             FROM {self._KEYED} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").to_arrow_table()
