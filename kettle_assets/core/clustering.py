@@ -117,10 +117,7 @@ class KeyIndex:
 
     def add(self, key: str) -> int:
         n = len(self.keys)
-        if n == len(self._len):
-            self._hist = np.concatenate([self._hist, np.zeros_like(self._hist)])
-            self._has_hist = np.concatenate([self._has_hist, np.zeros_like(self._has_hist)])
-            self._len = np.concatenate([self._len, np.zeros_like(self._len)])
+        self._reserve(n + 1)
         self._len[n] = len(key)
         at = int(np.searchsorted(self._sorted_len, len(key), side="right"))
         self._sorted_len = np.insert(self._sorted_len, at, len(key))
@@ -133,11 +130,7 @@ class KeyIndex:
         """Add keys at once (one sort instead of one insertion each)."""
         start = len(self.keys)
         size = start + len(keys)
-        if size > len(self._len):
-            grow = max(size, 2 * len(self._len)) - len(self._len)
-            self._hist = np.concatenate([self._hist, np.zeros((grow, NGRAM_BUCKETS), dtype=np.int32)])
-            self._has_hist = np.concatenate([self._has_hist, np.zeros(grow, dtype=bool)])
-            self._len = np.concatenate([self._len, np.zeros(grow, dtype=np.int64)])
+        self._reserve(size)
         for n, key in enumerate(keys, start):
             self._len[n] = len(key)
             self.keys.append(key)
@@ -145,6 +138,14 @@ class KeyIndex:
         order = np.argsort(self._len[:size], kind="stable")
         self._sorted_idx = order.astype(np.int64)
         self._sorted_len = self._len[:size][order]
+
+    def _reserve(self, size: int) -> None:
+        """Room for `size` keys in the arrays, doubling them when they grow."""
+        if size > len(self._len):
+            grow = max(size, 2 * len(self._len)) - len(self._len)
+            self._hist = np.concatenate([self._hist, np.zeros((grow, NGRAM_BUCKETS), dtype=np.int32)])
+            self._has_hist = np.concatenate([self._has_hist, np.zeros(grow, dtype=bool)])
+            self._len = np.concatenate([self._len, np.zeros(grow, dtype=np.int64)])
 
     def place(self, text: str) -> str:
         """The key `text` belongs to, founding it if nothing matches."""

@@ -301,6 +301,8 @@ class DuckDBClusterTables(ClusterTables):
         db.execute("""CREATE OR REPLACE TEMP TABLE kc_input (rid BIGINT, path VARCHAR, name VARCHAR, seq BIGINT,
                       job VARCHAR, number BIGINT, started BIGINT, flaky BOOLEAN,
                       local_key_hash VARCHAR, new BOOLEAN, tokenize BOOLEAN)""")
+        db.execute("CREATE OR REPLACE TEMP TABLE kc_assigned (path VARCHAR, name VARCHAR, seq BIGINT, "
+                   "local_key_hash VARCHAR)")
         previous = with_previous and FAILURES in self._present()
         join = (f"LEFT JOIN {FAILURES} m ON m.path = f.path AND m.name = f.name AND m.seq = f.seq" if previous
                 else "LEFT JOIN (SELECT NULL::VARCHAR AS local_key_hash) m ON FALSE")
@@ -328,8 +330,6 @@ class DuckDBClusterTables(ClusterTables):
 
     def add_assigned(self, batch: pa.Table) -> None:
         db = self._db()
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS kc_assigned (path VARCHAR, name VARCHAR, seq BIGINT, "
-                   "local_key_hash VARCHAR)")
         db.register("incoming", batch)
         db.execute("INSERT INTO kc_assigned SELECT * FROM incoming")
         db.unregister("incoming")
@@ -339,10 +339,9 @@ class DuckDBClusterTables(ClusterTables):
         db.register("incoming", keymap)
         db.execute("CREATE OR REPLACE TEMP TABLE kc_keys AS SELECT * FROM incoming")
         db.unregister("incoming")
-        if "kc_assigned" in {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}:
-            db.execute("""UPDATE kc_input SET local_key_hash = a.local_key_hash FROM kc_assigned a
-                          WHERE kc_input.new AND a.path = kc_input.path AND a.name = kc_input.name
-                            AND a.seq = kc_input.seq""")
+        db.execute("""UPDATE kc_input SET local_key_hash = a.local_key_hash FROM kc_assigned a
+                      WHERE kc_input.new AND a.path = kc_input.path AND a.name = kc_input.name
+                        AND a.seq = kc_input.seq""")
 
     def group_counts(self) -> pa.Table:
         return self._db().sql(f"""
@@ -397,7 +396,7 @@ class DuckDBClusterTables(ClusterTables):
         while rows := result.fetchmany(BATCH_ROWS):
             yield from rows
 
-    def _previous_rows(self) -> Iterator[tuple] | None:
+    def _previous_rows(self) -> Iterator[list[tuple]] | None:
         if not {CLUSTERS, FAILURES, TEST_KEYS} <= self._present():
             return None
         result = self._db().execute(
@@ -679,8 +678,7 @@ class BigQueryClusterTables(ClusterTables):
 
         wh = self.warehouse
         spool = tempfile.TemporaryFile()
-        for row in clusters.to_pylist():
-            spool.write(json.dumps({k: _utc(v) for k, v in row.items()}).encode() + b"\n")
+        _write_ndjson(spool, clusters)
         scratch = {name: self.SCRATCH + "next_" + name for name in (CLUSTERS, FAILURES)}
         try:
             with wh.bigquery.get_client() as client:
@@ -714,4 +712,4 @@ class BigQueryClusterTables(ClusterTables):
 
 def _write_ndjson(spool: IO[bytes], table: pa.Table) -> None:
     for row in table.to_pylist():
-        spool.write(json.dumps(row).encode() + b"\n")
+        spool.write(json.dumps({k: _utc(v) for k, v in row.items()}).encode() + b"\n")
