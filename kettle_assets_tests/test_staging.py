@@ -1,6 +1,7 @@
 """Staging: the row contract derived from schema.json, and no import-time side effects."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -33,6 +34,20 @@ def test_importing_the_code_location_leaves_arrows_allocator_alone():
         capture_output=True, text=True, check=True, cwd=REPO,
     )
     assert loaded.stdout == plain.stdout
+
+
+def test_a_process_that_loads_the_code_location_first_gives_arrows_own_code_one_allocator():
+    """Arrow's C++ code takes its pool from ARROW_DEFAULT_MEMORY_POOL when pyarrow loads; a run
+    worker imports the code location first, so the Parquet writer shares the staging resource's
+    jemalloc instead of a mimalloc pool beside it. A value set by the user wins."""
+    probe = "import kettle_assets.definitions, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    first = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO, env=env)
+    chosen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO,
+                            env={**env, "ARROW_DEFAULT_MEMORY_POOL": "system"})
+    assert first.stdout.strip() in ("jemalloc", "system")  # system: a pyarrow built without jemalloc
+    assert first.stdout.strip() != "mimalloc"
+    assert chosen.stdout.strip() == "system"
 
 
 def test_a_run_with_the_staging_resource_uses_jemalloc(tmp_path):
