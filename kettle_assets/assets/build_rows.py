@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from ..core.rows import RowProblems, build_row, row_json, trim_row
 from ..core.schema import ROW_SCHEMA
 from ..resources.settings import KettleSettings
-from ..resources.staging import StagingStore
+from ..resources.staging import StagingStore, return_freed_memory
 from .common import ALL_BUCKETS_METADATA, ARROW_CHUNK, DAYS_PER_BACKFILL_RUN, STAGING_GROUP, md_table, replace_paths
 from .links import md_link
 from .partitions import DAYS
@@ -103,6 +103,7 @@ def build_rows(
             f"build_rows {day}: {built} rows built, {len(current)} current, {len(removed)} removed; "
             f"{table.num_rows} rows staged"
         )
+    return_freed_memory()
     return dg.MaterializeResult(
         metadata={
             **totals,

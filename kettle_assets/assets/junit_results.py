@@ -16,7 +16,7 @@ from ..core import collect
 from ..core.listing import junit_files, junit_listings
 from ..resources.artifacts import ArtifactStore
 from ..resources.settings import KettleSettings
-from ..resources.staging import JUNIT_SCHEMA, StagingStore
+from ..resources.staging import JUNIT_SCHEMA, StagingStore, return_freed_memory
 from .common import (
     ALL_BUCKETS_METADATA, ARROW_CHUNK, DAYS_PER_BACKFILL_RUN, STAGING_GROUP, fetch_unordered, md_table,
     replace_paths, report_refused,
@@ -154,6 +154,7 @@ def junit_results(
                 if not state["left"]:
                     finish_day(state["plan"], state["chunks"], state["n"], state["counts"])
                     del open_days[day]
+    return_freed_memory()
     per_day.sort(key=lambda d: d["day"])
     elapsed = time.monotonic() - t0
     share = totals["files"] and totals["malformed"] / totals["files"]

@@ -25,7 +25,10 @@ from .bookkeeping import PublishBookkeeping
 from .exports import Exports
 from .files import JUNIT_SCHEMA, KNOWN_SCHEMA, LISTING_SCHEMA, METADATA_SCHEMA, StagedFiles
 
-__all__ = ["JUNIT_SCHEMA", "KNOWN_SCHEMA", "LISTING_SCHEMA", "METADATA_SCHEMA", "StagingStore", "use_jemalloc"]
+__all__ = [
+    "JUNIT_SCHEMA", "KNOWN_SCHEMA", "LISTING_SCHEMA", "METADATA_SCHEMA", "StagingStore", "return_freed_memory",
+    "use_jemalloc",
+]
 
 
 def use_jemalloc() -> None:
@@ -53,6 +56,16 @@ def limit_malloc_arenas() -> None:
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
     except (OSError, AttributeError):  # not glibc: its own allocator, nothing to bound
+        pass
+
+
+def return_freed_memory() -> None:
+    """Hand glibc's freed pages back to the system after a stage with many short-lived buffers
+    (downloads, parse trees): glibc returns only the top of its heaps by itself, so what one stage
+    freed would otherwise still count in the next stage's peak."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
         pass
 
 
