@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ARROW_CHUNK = 100  # builds turned from Python objects into Arrow at a time (bounds memory)
+ARROW_CHUNK = 25  # builds turned from Python objects into Arrow at a time (bounds memory)
 
 # Every day reads the metadata of every bucket.
 ALL_BUCKETS_METADATA = dg.AssetDep("build_metadata", partition_mapping=dg.AllPartitionMapping())
