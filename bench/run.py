@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -168,9 +169,18 @@ def main() -> int:
         gcs = gcs_cold_sync(gcs_tree, out, buckets)
         print(f"[gcs] cold sync {gcs['wall']:.1f}s", flush=True)
     report = render(results, ratio, gcs, args)
-    (HERE / "results.md").write_text(report)
+    (HERE / "results.md").write_text(report + later_sections(HERE / "results.md"))
     print(report)
     return 0
+
+
+def later_sections(results_md: Path) -> str:
+    """The sections after ours (other benchmarks', notes), kept as they are: ours are the
+    preamble and "Targets", which this run writes again."""
+    if not results_md.exists():
+        return ""
+    sections = re.split(r"(?m)^(?=## )", results_md.read_text())[1:]
+    return "".join("\n" + s.rstrip() + "\n" for s in sections if not s.startswith("## Targets\n"))
 
 
 def render(results: dict, ratio: dict, gcs: dict | None, args) -> str:
@@ -218,6 +228,8 @@ def render(results: dict, ratio: dict, gcs: dict | None, args) -> str:
             f"{b['shape']['builds'] / gcs['wall']:.0f} builds/s (local folder: {b['cold']['wall']:.1f} s). "
             "The emulator serves one request at a time, so this measures the client's request pattern more than GCS.",
         ]
+    else:
+        lines += ["", "Not synced through a GCS API server in this run (`--no-gcs`): see \"GCS path\" below."]
     top = max(results)
     t = results[top]
     lines += [
