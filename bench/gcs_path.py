@@ -11,6 +11,7 @@ bench/results.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -26,6 +27,14 @@ from run import NOW, run_sync  # noqa: E402
 from tree import BUCKETS_YAML, write_tree  # noqa: E402
 
 KETTLE_900 = {"wall": 65.6, "rss_mb": 313, "requests": 13559}  # the issue's measurement of Kettle's own code
+
+
+def exports_digest(home: Path) -> str:
+    """One digest of every Kettle-format export of `all`, name and bytes: equal digests, byte-identical exports."""
+    digest = hashlib.sha256()
+    for f in sorted((home / "export" / "all").glob("*.json.gz")):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
 
 
 def landed(home: Path) -> list[str]:
@@ -110,7 +119,8 @@ def gcs_sync(tree: Path, out: Path, buckets: Path, name: str, latency: float, fa
         result.update(requests=dict(srv.requests), faults=dict(srv.faults), max_in_flight=srv.max_in_flight,
                       objects=srv.objects)
     paths = landed(home)
-    result.update(rows=len(paths), distinct=len(set(paths)), paths=paths, stages=stage_figures(home, rss, started))
+    result.update(rows=len(paths), distinct=len(set(paths)), paths=paths, stages=stage_figures(home, rss, started),
+                  exports=exports_digest(home))
     print(f"[{name}] {result['wall']:.1f}s, cpu {result['cpu']:.1f}s, peak {result['rss_mb']:.0f} MB, "
           f"requests {result['requests']}, faults {result['faults']}", flush=True)
     return result
@@ -126,7 +136,7 @@ def local_sync(tree: Path, out: Path, buckets: Path) -> dict:
         result = run_sync(tree, home, buckets)
     paths = landed(home)
     result.update(rows=len(paths), distinct=len(set(paths)), paths=paths, stages=stage_figures(home, rss, started),
-                  requests={}, faults={}, max_in_flight=0, objects=0)
+                  exports=exports_digest(home), requests={}, faults={}, max_in_flight=0, objects=0)
     print(f"[1x-local] {result['wall']:.1f}s, cpu {result['cpu']:.1f}s, peak {result['rss_mb']:.0f} MB", flush=True)
     return result
 
@@ -206,7 +216,8 @@ def render(runs: dict, args) -> str:
         f"Kettle leaves to other programs: {one['wall']:.1f} s (**{KETTLE_900['wall'] / one['wall']:.2f}x**), "
         f"{one['rss_mb']:.0f} MB; {sum(one['requests'].values())} requests.",
         f"- Within this run, the GCS path took {one['wall'] / local['wall']:.2f}x the local folder's wall on the same "
-        f"tree (same rows: {'yes' if one['paths'] == local['paths'] else 'NO'}).",
+        f"tree (same rows: {'yes' if one['paths'] == local['paths'] else 'NO'}; byte-identical exports of `all`: "
+        f"{'yes' if one['exports'] == local['exports'] == faulty['exports'] else 'NO'}, with faults too).",
         f"- Peak RSS 1x -> 4x (4x the days of history): whole sync {one['rss_mb']:.0f} -> {four['rss_mb']:.0f} MB "
         f"({four['rss_mb'] / one['rss_mb'] - 1:+.0%}); until the rows are in `all` {one['stages']['published_mb']:.0f} -> "
         f"{four['stages']['published_mb']:.0f} MB; the GCS-facing stages (collecting, junit_results) "
