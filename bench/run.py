@@ -50,22 +50,37 @@ def run_sync(tree: Path, home: Path, buckets: Path, extra_env: dict | None = Non
     return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime}
 
 
-def run_stats(home: Path, since: float) -> dict:
-    """From the sync's Dagster instance: JUnit bytes and seconds, runs, per-run overhead."""
+STAGES = {  # the sync's steps, grouped as the results table reports them
+    "collecting": ("build_listing", "build_metadata"), "junit_results": ("junit_results",),
+    "build_rows": ("build_rows",), "build_all": ("build_all",), "test_results": ("test_results",),
+}
+
+
+def run_stats(home: Path, since: float, until: float = float("inf")) -> dict:
+    """From the sync's Dagster instance (runs started between `since` and `until`): JUnit bytes and
+    seconds, runs, per-run overhead, seconds by stage, and when the last rows were in `all`."""
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef
 
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster")))
-    runs = [r for r in instance.get_runs() if (instance.get_run_stats(r.run_id).start_time or 0) >= since]
+    runs = [r for r in instance.get_runs() if since <= (instance.get_run_stats(r.run_id).start_time or 0) <= until]
     junit_bytes = junit_seconds = steps = overhead = 0.0
     partitions = 0
+    stage_seconds = dict.fromkeys([*STAGES, "the rest"], 0.0)
+    published = since
     for run in runs:
         stats = instance.get_run_stats(run.run_id)
-        step_time = sum((s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(run.run_id))
+        step_stats = instance.get_run_step_stats(run.run_id)
+        step_time = sum((s.end_time or 0) - (s.start_time or 0) for s in step_stats)
         overhead += (stats.end_time - stats.start_time) - step_time
-        steps += len(instance.get_run_step_stats(run.run_id))
+        steps += len(step_stats)
+        for s in step_stats:
+            stage = next((k for k, keys in STAGES.items() if s.step_key in keys), "the rest")
+            stage_seconds[stage] += (s.end_time or 0) - (s.start_time or 0)
+            if s.step_key == "build_all":
+                published = max(published, s.end_time or 0)
     for rec in instance.fetch_materializations(dg.AssetKey("junit_results"), limit=10_000).records:
-        if rec.timestamp < since:
+        if not since <= rec.timestamp <= until:
             continue
         md = rec.asset_materialization.metadata
         partitions += 1
@@ -77,6 +92,7 @@ def run_stats(home: Path, since: float) -> dict:
     return {
         "runs": len(runs), "steps": int(steps), "partitions": partitions,
         "overhead_per_run": overhead / max(1, len(runs)), "junit_bytes": junit_bytes, "junit_seconds": junit_seconds,
+        "stage_seconds": stage_seconds, "published_seconds": published - since,
     }
 
 
@@ -204,8 +220,15 @@ def render(results: dict, ratio: dict, gcs: dict | None, args) -> str:
     row("JUnit bytes in the tree", lambda r: f"{r['shape']['junit_bytes'] / 1e9:.2f} GB")
     row("cold sync wall", lambda r: f"{r['cold']['wall']:.1f} s")
     row("cold sync builds/s", lambda r: f"{r['shape']['builds'] / r['cold']['wall']:.0f}")
-    row("JUnit parsed (MB/s, in junit_results)",
-        lambda r: f"{r['cold_stats']['junit_bytes'] / max(1e-9, r['cold_stats']['junit_seconds']) / 1e6:.1f}")
+    # a cold sync reads every JUnit file of the tree, in the junit_results steps
+    row("JUnit fetched and parsed (MB/s, in junit_results)",
+        lambda r: f"{r['shape']['junit_bytes'] / max(1e-9, r['cold_stats']['stage_seconds']['junit_results']) / 1e6:.1f}"
+        if "stage_seconds" in r["cold_stats"] else "")
+    row("cold sync until the rows are in `all` (Kettle's make_db+make_json)",
+        lambda r: f"{r['cold_stats']['published_seconds']:.1f} s" if "published_seconds" in r["cold_stats"] else "")
+    row("cold sync seconds: " + " / ".join(STAGES) + " / the rest (windows, metrics, clusters, report)",
+        lambda r: " / ".join(f"{v:.0f}" for v in r["cold_stats"]["stage_seconds"].values())
+        if "stage_seconds" in r["cold_stats"] else "")
     row("cold sync peak RSS", lambda r: f"{r['cold']['rss_mb']:.0f} MB")
     row("1% new builds: wall (share of cold)", lambda r: f"{r['new']['wall']:.1f} s ({r['new']['wall'] / r['cold']['wall']:.1%})")
     row("no-op sync: wall (share of cold)", lambda r: f"{r['noop']['wall']:.1f} s ({r['noop']['wall'] / r['cold']['wall']:.1%})")
