@@ -10,6 +10,8 @@ counts of requests (by kind) and retries for the materialization metadata.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import random
 import threading
@@ -19,6 +21,7 @@ from datetime import datetime
 from typing import Optional
 from urllib.parse import quote
 
+import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ..core.listing import ObjectInfo
@@ -151,6 +154,24 @@ class GCSJsonClient:
         self.session.close()
 
 
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas() -> None:
+    """glibc gives threads up to 8 malloc arenas per CPU, and memory freed in one is not reused by
+    the others: with 64 download threads holding files, junit_results peaked at 360 MB with
+    glibc's default and at 283 MB with two arenas (bench/gcs_path.py, 860 builds). A local
+    folder's 16 threads read faster with the default (junit_results 12% faster on a 5,000-build
+    tree), so only the GCS store sets the limit. MALLOC_ARENA_MAX wins."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):  # not glibc: its own allocator, nothing to bound
+        pass
+
+
 class GCSArtifactStore(ArtifactStore):
     """Objects in Google Cloud Storage (or an emulator named by STORAGE_EMULATOR_HOST).
 
@@ -173,6 +194,9 @@ class GCSArtifactStore(ArtifactStore):
 
     _client_: Optional[GCSJsonClient] = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        limit_malloc_arenas()
 
     def _client(self) -> GCSJsonClient:
         if self._client_ is None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 
 import dagster as dg
 import pyarrow as pa
@@ -43,22 +42,6 @@ def use_jemalloc() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def limit_malloc_arenas() -> None:
-    """glibc gives threads up to 8 malloc arenas per CPU, and memory freed in one is not reused by
-    the others: with 64 fetch threads holding downloaded files, junit_results peaked at 478 MB,
-    and at 356 MB with two arenas (bench/gcs_path.py, 860 builds). MALLOC_ARENA_MAX wins."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # not glibc: its own allocator, nothing to bound
-        pass
-
-
 def return_freed_memory() -> None:
     """Hand glibc's freed pages back to the system after a stage with many short-lived buffers
     (downloads, parse trees): glibc returns only the top of its heaps by itself, so what one stage
@@ -76,4 +59,3 @@ class StagingStore(StagedFiles, Exports, PublishBookkeeping, dg.ConfigurableReso
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         use_jemalloc()
-        limit_malloc_arenas()
