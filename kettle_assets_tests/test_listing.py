@@ -605,3 +605,44 @@ def test_fetch_junit_does_not_take_sibling_build_files(root, store):
     out = fetch_junit(store, b12, None, max_file_bytes=1 << 20)
     assert [t["name"] for t in out.tests] == ["other"]
     assert out.files == 1
+
+
+def test_fetch_unordered_hands_on_results_as_they_finish_with_a_bounded_number_pending():
+    """A stalled fetch holds its own slot only: the others are handed on while it waits, no more
+    than `in_flight` are ever submitted and unfinished, and its error reaches the caller."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kettle_assets.assets.common import fetch_unordered
+
+    release = threading.Event()
+    lock = threading.Lock()
+    running, most = 0, 0
+
+    def fetch(n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        if n == 0:
+            assert release.wait(10)
+        with lock:
+            running -= 1
+        return n
+
+    got = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for n in fetch_unordered(pool, fetch, range(50), 4):
+            got.append(n)
+            if len(got) == 49:
+                release.set()  # only the stalled item is left
+    assert got[-1] == 0 and sorted(got) == list(range(50))
+    assert most <= 4
+
+    def failing(n: int) -> int:
+        if n == 3:
+            raise ValueError("build 3")
+        return n
+
+    with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(ValueError, match="build 3"):
+        list(fetch_unordered(pool, failing, range(10), 2))

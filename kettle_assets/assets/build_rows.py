@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 from ..core.rows import RowProblems, build_row, row_json, trim_row
 from ..core.schema import ROW_SCHEMA
 from ..resources.settings import KettleSettings
-from ..resources.staging import StagingStore, return_freed_memory
+from ..resources.memory import return_freed_memory
+from ..resources.staging import StagingStore
 from .common import ALL_BUCKETS_METADATA, ARROW_CHUNK, DAYS_PER_BACKFILL_RUN, STAGING_GROUP, md_table, replace_paths
 from .links import md_link
 from .partitions import DAYS

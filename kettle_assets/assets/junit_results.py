@@ -16,7 +16,8 @@ from ..core import collect
 from ..core.listing import junit_files, junit_listings
 from ..resources.artifacts import ArtifactStore
 from ..resources.settings import KettleSettings
-from ..resources.staging import JUNIT_SCHEMA, StagingStore, return_freed_memory
+from ..resources.memory import return_freed_memory
+from ..resources.staging import JUNIT_SCHEMA, StagingStore
 from .common import (
     ALL_BUCKETS_METADATA, ARROW_CHUNK, DAYS_PER_BACKFILL_RUN, STAGING_GROUP, fetch_unordered, md_table,
     replace_paths, report_refused,

@@ -10,8 +10,6 @@ counts of requests (by kind) and retries for the materialization metadata.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import random
 import threading
@@ -26,6 +24,7 @@ from pydantic import Field, PrivateAttr
 
 from ..core.listing import ObjectInfo
 from .artifacts import ArtifactStore
+from .memory import limit_malloc_arenas
 
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
@@ -152,24 +151,6 @@ class GCSJsonClient:
 
     def close(self) -> None:
         self.session.close()
-
-
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def limit_malloc_arenas() -> None:
-    """glibc gives threads up to 8 malloc arenas per CPU, and memory freed in one is not reused by
-    the others: with 64 download threads holding files, junit_results peaked at 360 MB with
-    glibc's default and at 283 MB with two arenas (bench/gcs_path.py, 860 builds). A local
-    folder's 16 threads read faster with the default (junit_results 12% faster on a 5,000-build
-    tree), so only the GCS store sets the limit. MALLOC_ARENA_MAX wins."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # not glibc: its own allocator, nothing to bound
-        pass
 
 
 class GCSArtifactStore(ArtifactStore):
