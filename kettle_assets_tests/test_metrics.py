@@ -120,6 +120,25 @@ def test_republished_day_replaces_its_tests(warehouse, tmp_path):
     assert warehouse.count("test_results", f"path = '{CI}/2'") == 2
 
 
+def test_moved_build_leaves_its_old_day_in_a_warehouse_made_before_test_result_days(tmp_path):
+    wh = duckdb_warehouse(tmp_path)
+    for day, rows in hand_built_rows().items():
+        publish(wh, tmp_path, day, rows)
+    with wh.duckdb.get_connection() as conn:
+        conn.execute("DROP TABLE test_result_days")
+    reopened = duckdb_warehouse(tmp_path)  # a new process: its first use fills the table from test_results
+    with_tests = [r for rows in hand_built_rows().values() for r in rows if r["test"]]
+    assert reopened.count("test_result_days") == len(with_tests)
+    moved = build(f"{CI}/2", "ci-kubernetes-e2e", DAY2, 5, "FAILURE", [("A", True), ("B", False)])
+    publish(reopened, tmp_path, DAY2, hand_built_rows()[DAY2] + [moved])
+    assert reopened.query(f"SELECT CAST(finished AS DATE) AS day, count(*) AS n FROM test_results WHERE path = '{CI}/2' GROUP BY day") == [
+        {"day": datetime.fromisoformat(DAY2).date(), "n": 2}
+    ]
+    assert reopened.query(f"SELECT day FROM test_result_days WHERE path = '{CI}/2'") == [
+        {"day": datetime.fromisoformat(DAY2).date()}
+    ]
+
+
 def test_flakes_by_hand(warehouse):
     rows = run(warehouse, "flakes")
     jobs = {r["job"]: r for r in rows}

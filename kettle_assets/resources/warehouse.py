@@ -8,9 +8,12 @@ windows are replaced whole.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
@@ -119,6 +122,12 @@ class DuckDBWarehouse(Warehouse):
             conn.execute(f'CREATE TABLE IF NOT EXISTS "all" ({duckdb_columns()})')
             test_columns = ", ".join(f'"{c}" {t}' for c, t in TEST_RESULT_COLUMNS)
             conn.execute(f"CREATE TABLE IF NOT EXISTS test_results ({test_columns})")
+            # The day under which test_results holds each build's tests (one row a build), filled
+            # from test_results the first time a warehouse made before it is opened.
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS test_result_days AS "
+                "SELECT DISTINCT path, CAST(finished AS DATE) AS day FROM test_results"
+            )
             for window in WINDOWS:
                 exists = conn.execute(
                     "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [window]
@@ -138,18 +147,22 @@ class DuckDBWarehouse(Warehouse):
 
     def _replace_in_transaction(self, delete: str, insert: str, count: str) -> int:
         """Delete, insert and count in one transaction: readers see the old rows or the new, never neither."""
+        with self._transaction() as conn:
+            conn.execute(delete)
+            conn.execute(insert)
+            return int(conn.execute(count).fetchone()[0])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         self.ensure_tables()
         with self.duckdb.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.execute(delete)
-                conn.execute(insert)
-                loaded = conn.execute(count).fetchone()[0]
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return int(loaded)
 
     def replace_window(self, table: str, rows_files: list[Path], since_epoch: int) -> int:
         """`week`/`day` are views of `all` with the window's start frozen at the refresh: the
@@ -164,19 +177,11 @@ class DuckDBWarehouse(Warehouse):
             return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
 
     def upsert_builds(self, rows_file: Path, paths: list[str]) -> int:
-        self.ensure_tables()
         params = {"paths": paths}
-        with self.duckdb.get_connection() as conn:
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                conn.execute('DELETE FROM "all" WHERE list_contains($paths, path)', params)
-                conn.execute(f'INSERT INTO "all" {_select_rows([rows_file], "list_contains($paths, path)")}', params)
-                inserted = conn.execute('SELECT count(*) FROM "all" WHERE list_contains($paths, path)', params).fetchone()[0]
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return int(inserted)
+        with self._transaction() as conn:
+            conn.execute('DELETE FROM "all" WHERE list_contains($paths, path)', params)
+            conn.execute(f'INSERT INTO "all" {_select_rows([rows_file], "list_contains($paths, path)")}', params)
+            return int(conn.execute('SELECT count(*) FROM "all" WHERE list_contains($paths, path)', params).fetchone()[0])
 
     def contract_findings(self, table: str) -> dict:
         self.ensure_tables()
@@ -199,13 +204,26 @@ class DuckDBWarehouse(Warehouse):
         return {"schema_differences": diffs, "rows": int(rows), "duplicate_rows": int(dupes), "failed_over_run": int(over)}
 
     def replace_test_results(self, day: str) -> int:
-        return self._replace_in_transaction(
-            # a build whose finished time moved leaves its old day too
-            f"""DELETE FROM test_results WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
-                OR path IN (SELECT path FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)})""",
-            f"INSERT INTO test_results {test_results_select(day)}",
-            f"SELECT count(*) FROM test_results WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}",
-        )
+        on_day = f"CAST(finished AS DATE) = DATE {_sql_str(day)}"
+        builds_of_day = f'SELECT path FROM "all" WHERE {on_day}'
+        with self._transaction() as conn:
+            # A build whose finished time moved leaves its old day too. test_result_days finds
+            # such builds; asking test_results itself would scan every test of the history.
+            moved = conn.execute(
+                f"SELECT day, list(path) FROM test_result_days WHERE day <> DATE {_sql_str(day)} "
+                f"AND path IN ({builds_of_day}) GROUP BY day"
+            ).fetchall()
+            conn.execute(f"DELETE FROM test_results WHERE {on_day}")
+            for old_day, paths in moved:
+                conn.execute(
+                    f"DELETE FROM test_results WHERE CAST(finished AS DATE) = DATE '{old_day.isoformat()}' "
+                    "AND list_contains($paths, path)",
+                    {"paths": paths},
+                )
+            conn.execute(f"DELETE FROM test_result_days WHERE day = DATE {_sql_str(day)} OR path IN ({builds_of_day})")
+            conn.execute(f"INSERT INTO test_result_days SELECT path, DATE {_sql_str(day)} FROM ({builds_of_day})")
+            conn.execute(f"INSERT INTO test_results {test_results_select(day)}")
+            return int(conn.execute(f"SELECT count(*) FROM test_results WHERE {on_day}").fetchone()[0])
 
     def query(self, sql: str) -> list[dict]:
         self.ensure_tables()
