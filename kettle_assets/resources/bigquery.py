@@ -229,7 +229,7 @@ class BigQueryWarehouse(Warehouse):
                 BEGIN TRANSACTION;
                 DELETE FROM {target} WHERE DATE(finished) = DATE '{day}'
                   OR path IN (SELECT path FROM `{self._table('all')}` WHERE DATE(finished) = DATE '{day}');
-                INSERT INTO {target} {self._bq(test_results_select(day))};
+                INSERT INTO {target} {self._bq(test_results_select(day, lateral_unnest=True))};
                 COMMIT TRANSACTION;
             """)
             rows = self._run(client, f"SELECT count(*) FROM {target} WHERE DATE(finished) = DATE '{day}'")
