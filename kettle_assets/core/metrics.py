@@ -360,7 +360,9 @@ def _flips_in(start: datetime, end: datetime) -> str:
     the next BREAK_LENGTH - 1 results all failures too. One ordering of each test's results answers
     both (3.5x faster than numbering runs of equal results, which sorted them three times).
     """
-    in_window = f"started >= {_ts(start)} AND started < {_ts(end)}"
+    def in_window(table: str) -> str:
+        return f"{table}.started >= {_ts(start)} AND {table}.started < {_ts(end)}"
+
     starts_break = " AND ".join(f"coalesce(lead(failed, {k}) OVER w, FALSE)" for k in range(1, BREAK_LENGTH))
     return f"""
         SELECT job, name, count(*) AS considered,
@@ -371,10 +373,10 @@ def _flips_in(start: datetime, end: datetime) -> str:
                 SELECT t.job, t.name, t.failed, t.started, t.number, t.path
                 FROM test_results AS t
                 JOIN (
-                    SELECT path FROM test_results WHERE {in_window}
-                    GROUP BY path HAVING sum(CASE WHEN failed THEN 1 ELSE 0 END) < count(*)
+                    SELECT r.path FROM test_results AS r WHERE {in_window("r")}
+                    GROUP BY r.path HAVING sum(CASE WHEN r.failed THEN 1 ELSE 0 END) < count(*)
                 ) AS some_passed ON some_passed.path = t.path
-                WHERE t.started >= {_ts(start)} AND t.started < {_ts(end)}
+                WHERE {in_window("t")}
                   AND NOT (t.failed AND coalesce(regexp_matches(t.failure_text, '^\\s*\\S+\\s*$'), FALSE))
             ) AS considered
             WINDOW w AS (PARTITION BY job, name ORDER BY started, number, path)

@@ -138,22 +138,16 @@ class DuckDBWarehouse(Warehouse):
 
     def replace_day(self, day: str, rows_file: Path) -> int:
         """Make `all` hold exactly the staged rows of `day`; returns the rows loaded."""
-        return self._replace_in_transaction(
-            f"""DELETE FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
-                OR path IN (SELECT path FROM read_parquet({_sql_str(str(rows_file))}))""",
-            f'INSERT INTO "all" {_select_rows([rows_file])}',
-            f"SELECT count(*) FROM read_parquet({_sql_str(str(rows_file))})",
-        )
-
-    def _replace_in_transaction(self, delete: str, insert: str, count: str) -> int:
-        """Delete, insert and count in one transaction: readers see the old rows or the new, never neither."""
+        staged = f"read_parquet({_sql_str(str(rows_file))})"
         with self._transaction() as conn:
-            conn.execute(delete)
-            conn.execute(insert)
-            return int(conn.execute(count).fetchone()[0])
+            conn.execute(f"""DELETE FROM "all" WHERE CAST(finished AS DATE) = DATE {_sql_str(day)}
+                             OR path IN (SELECT path FROM {staged})""")
+            conn.execute(f'INSERT INTO "all" {_select_rows([rows_file])}')
+            return int(conn.execute(f"SELECT count(*) FROM {staged}").fetchone()[0])
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Statements in one transaction: readers see the old rows or the new, never neither."""
         self.ensure_tables()
         with self.duckdb.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
@@ -204,13 +198,14 @@ class DuckDBWarehouse(Warehouse):
         return {"schema_differences": diffs, "rows": int(rows), "duplicate_rows": int(dupes), "failed_over_run": int(over)}
 
     def replace_test_results(self, day: str) -> int:
-        on_day = f"CAST(finished AS DATE) = DATE {_sql_str(day)}"
+        the_day = f"DATE {_sql_str(day)}"
+        on_day = f"CAST(finished AS DATE) = {the_day}"
         builds_of_day = f'SELECT path FROM "all" WHERE {on_day}'
         with self._transaction() as conn:
             # A build whose finished time moved leaves its old day too. test_result_days finds
             # such builds; asking test_results itself would scan every test of the history.
             moved = conn.execute(
-                f"SELECT day, list(path) FROM test_result_days WHERE day <> DATE {_sql_str(day)} "
+                f"SELECT day, list(path) FROM test_result_days WHERE day <> {the_day} "
                 f"AND path IN ({builds_of_day}) GROUP BY day"
             ).fetchall()
             conn.execute(f"DELETE FROM test_results WHERE {on_day}")
@@ -220,8 +215,8 @@ class DuckDBWarehouse(Warehouse):
                     "AND list_contains($paths, path)",
                     {"paths": paths},
                 )
-            conn.execute(f"DELETE FROM test_result_days WHERE day = DATE {_sql_str(day)} OR path IN ({builds_of_day})")
-            conn.execute(f"INSERT INTO test_result_days SELECT path, DATE {_sql_str(day)} FROM ({builds_of_day})")
+            conn.execute(f"DELETE FROM test_result_days WHERE day = {the_day} OR path IN ({builds_of_day})")
+            conn.execute(f"INSERT INTO test_result_days SELECT path, {the_day} FROM ({builds_of_day})")
             conn.execute(f"INSERT INTO test_results {test_results_select(day)}")
             return int(conn.execute(f"SELECT count(*) FROM test_results WHERE {on_day}").fetchone()[0])
 
