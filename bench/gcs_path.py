@@ -1,7 +1,7 @@
 """The GCS-path benchmark: `python bench/gcs_path.py` (a few minutes on 2 cores).
 
 A cold `kettle sync` through `bench/gcs_server.py` (threaded, paginated GCS JSON API over the
-bench tree, `--latency` per request), at 1x and 4x history, fault-free and with `--fault-rate`
+bench tree, `--latency` per request), at 1x, 4x and 8x history, fault-free and with `--fault-rate`
 injected faults (503, 429, connection resets, stalls of `--stall-seconds`). Reports wall, the
 client's CPU seconds and peak RSS, requests by kind and most requests in flight, checks that
 the faulty sync lands the same builds once each, and writes the "GCS path" section of
@@ -154,7 +154,7 @@ def main() -> int:
     buckets = out / "buckets.yaml"
     buckets.write_text(BUCKETS_YAML)
     runs = {}
-    for scale in (1, 4):
+    for scale in (1, 4, 8):
         tree = out / f"tree-{scale}x"
         if not tree.exists():
             write_tree(tree, args.builds * scale, NOW, min_days=7 * scale)  # 4x the history: 4x the days
@@ -172,7 +172,7 @@ def main() -> int:
 
 
 def render(runs: dict, args) -> str:
-    one, four, faulty, local = runs["1x"], runs["4x"], runs["1x-faults"], runs["1x-local"]
+    one, four, eight, faulty, local = runs["1x"], runs["4x"], runs["8x"], runs["1x-faults"], runs["1x-local"]
     lines = [
         "## GCS path",
         "",
@@ -183,12 +183,12 @@ def render(runs: dict, args) -> str:
         f"the warehouse is DuckDB. Load average when it ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
         "(the machine is shared: compare ratios within the run, not absolute times).",
         "",
-        "| | 1x | 4x | 1x, faults | 1x from the local folder |",
-        "|---|---|---|---|---|",
+        "| | 1x | 4x | 8x | 1x, faults | 1x from the local folder |",
+        "|---|---|---|---|---|---|",
     ]
 
     def row(label, fn):
-        lines.append(f"| {label} | " + " | ".join(fn(r) for r in (one, four, faulty, local)) + " |")
+        lines.append(f"| {label} | " + " | ".join(fn(r) for r in (one, four, eight, faulty, local)) + " |")
 
     row("builds (objects)", lambda r: f"{r['rows']} ({r['objects']})")
     row("until the rows are in `all` (Kettle's make_db+make_json): wall, peak RSS",
@@ -218,12 +218,14 @@ def render(runs: dict, args) -> str:
         f"- Within this run, the GCS path took {one['wall'] / local['wall']:.2f}x the local folder's wall on the same "
         f"tree (same rows: {'yes' if one['paths'] == local['paths'] else 'NO'}; byte-identical exports of `all`: "
         f"{'yes' if one['exports'] == local['exports'] == faulty['exports'] else 'NO'}, with faults too).",
-        f"- Peak RSS 1x -> 4x (4x the days of history): whole sync {one['rss_mb']:.0f} -> {four['rss_mb']:.0f} MB "
-        f"({four['rss_mb'] / one['rss_mb'] - 1:+.0%}); until the rows are in `all` {one['stages']['published_mb']:.0f} -> "
-        f"{four['stages']['published_mb']:.0f} MB; the GCS-facing stages (collecting, junit_results) "
-        f"{max(one['stages']['collect_mb'], one['stages']['junit_mb']):.0f} -> "
-        f"{max(four['stages']['collect_mb'], four['stages']['junit_mb']):.0f} MB; "
-        f"wall {four['wall'] / one['wall']:.2f}x for 4x the builds.",
+        f"- Peak RSS 1x -> 4x -> 8x (4x and 8x the days of history): whole sync {one['rss_mb']:.0f} -> "
+        f"{four['rss_mb']:.0f} -> {eight['rss_mb']:.0f} MB ({four['rss_mb'] / one['rss_mb'] - 1:+.0%}, then "
+        f"{eight['rss_mb'] / four['rss_mb'] - 1:+.0%}); until the rows are in `all` {one['stages']['published_mb']:.0f} -> "
+        f"{four['stages']['published_mb']:.0f} -> {eight['stages']['published_mb']:.0f} MB; the GCS-facing stages "
+        f"(collecting, junit_results) {max(one['stages']['collect_mb'], one['stages']['junit_mb']):.0f} -> "
+        f"{max(four['stages']['collect_mb'], four['stages']['junit_mb']):.0f} -> "
+        f"{max(eight['stages']['collect_mb'], eight['stages']['junit_mb']):.0f} MB; "
+        f"wall {four['wall'] / one['wall']:.2f}x and {eight['wall'] / one['wall']:.2f}x for 4x and 8x the builds.",
         f"- {args.fault_rate:.0%} faults: {faulty['wall'] / one['wall']:.2f}x the fault-free wall (target at most 3x); "
         f"every build landed once: {'yes' if same else 'NO'} ({faulty['distinct']} distinct of {faulty['rows']} rows, "
         f"{one['rows']} without faults).",
