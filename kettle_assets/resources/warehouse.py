@@ -124,9 +124,9 @@ class DuckDBWarehouse(Warehouse):
     @contextmanager
     def writing_days(self) -> Iterator[None]:
         """One connection for a run's days. DuckDB checkpoints when a file's last connection
-        closes, rewriting each table's last, partly filled row group whole: a connection a day
-        paid for that every day (test_results at 4x history: 8.0 s, 5.5 s in one connection).
-        Each day is still its own transaction. build_all does not use it: between checkpoints the
+        closes, and its vacuum merges the new rows into the table's last row group, rewriting it
+        whole: a connection a day paid for that every day (test_results at 4x history: 8.0 s,
+        5.5 s in one connection). Each day is still its own transaction. build_all does not use it: between checkpoints the
         log of `all` holds whole test lists, and its peak memory rose (bench/results.md)."""
         if self._session is not None:
             yield
