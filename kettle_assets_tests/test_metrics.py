@@ -8,9 +8,6 @@ import pytest
 import sqlglot
 
 import random
-import signal
-import subprocess
-import sys
 
 from kettle_assets.core.metrics import METRICS, Window, flakiness_sql, metric_sql, shape
 from kettle_assets.project import duckdb_warehouse
@@ -308,39 +305,20 @@ def test_every_metric_translates_to_bigquery(name):
     assert "SUBSTR" not in text.upper()
 
 
-WRITER = """
-import sys, time
-from pathlib import Path
-from kettle_assets.project import duckdb_warehouse
-folder = Path(sys.argv[1])
-wh = duckdb_warehouse(folder)
-with wh.writing_days():
-    for day in sys.argv[2:]:
-        wh.replace_day(day, folder / f"{day}.parquet")
-        wh.replace_test_results(day)
-        print(day, flush=True)
-    time.sleep(600)
-"""
+def row_groups(wh, table="all") -> int:
+    return wh.query(f"SELECT count(DISTINCT row_group_id) AS n FROM pragma_storage_info('{table}')")[0]["n"]
 
 
-def test_a_run_killed_inside_writing_days_keeps_each_committed_day_once(tmp_path):
-    rows = hand_built_rows()
-    for day, day_rows in rows.items():
-        pq.write_table(pa.Table.from_pylist(day_rows, schema=ROW_SCHEMA), tmp_path / f"{day}.parquet")
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), DAY1, DAY2], stdout=subprocess.PIPE, text=True)
-    try:
-        assert [writer.stdout.readline().strip() for _ in rows] == [DAY1, DAY2]
-    finally:
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
-    # one connection for the days: nothing checkpointed yet, the committed days are in the log
-    assert (tmp_path / "warehouse.duckdb.wal").stat().st_size > 0
+def test_a_replaced_day_keeps_its_own_row_group_and_an_upsert_merges_them(tmp_path):
     wh = duckdb_warehouse(tmp_path)
-    expected = sum(len(r) for r in rows.values())
-    assert wh.count("all") == expected and wh.query('SELECT count(DISTINCT path) AS n FROM "all"') == [{"n": expected}]
-    assert wh.count("test_results") == 17
-    with wh.writing_days():  # the run again, as its retry would: the same tables
-        for day in rows:
-            wh.replace_day(day, tmp_path / f"{day}.parquet")
-            wh.replace_test_results(day)
-    assert (wh.count("all"), wh.count("test_results")) == (expected, 17)
+    rows = hand_built_rows()
+    expected = sum(map(len, rows.values()))
+    for day, day_rows in rows.items():
+        publish(wh, tmp_path, day, day_rows)  # replace_test_results's checkpoint comes after too
+    assert row_groups(wh) == 2  # one a day: no checkpoint rewrote the first to add the second
+    publish(wh, tmp_path, DAY1, rows[DAY1])
+    assert row_groups(wh) == 2 and wh.count("all") == expected  # the old day's group dropped whole
+    for build in rows[DAY2][:3]:  # the stream: builds upserted one by one
+        assert wh.upsert_builds(tmp_path / f"{DAY2}.parquet", [build["path"]]) == 1
+    assert row_groups(wh) == 1 and wh.count("all") == expected
+    assert wh.query('SELECT count(DISTINCT path) AS n FROM "all"') == [{"n": expected}]
