@@ -214,7 +214,7 @@ def duckdb_warehouse(home: Path) -> DuckDBWarehouse:
     # buffer cache grows with the warehouse up to the limit: at 256 MB a sync's peak grew 23% from
     # 1x to 4x history; at 96 MB it is flat and an 8,000-build sync is 4% slower (bench/results.md).
     # No vacuum at checkpoints: it merged each day's new row group into the one before, rewriting
-    # up to 2,048 builds' test lists at every day's commit; upserts vacuum (warehouse.py).
+    # up to 2,048 builds' test lists at every day's checkpoint; upserts vacuum (warehouse.py).
     config = {"memory_limit": "96MB", "threads": 1, "preserve_insertion_order": False, "max_vacuum_tasks": 0}
     return DuckDBWarehouse(duckdb=DuckDBResource(database=str(home / "warehouse.duckdb"), connection_config=config))
 

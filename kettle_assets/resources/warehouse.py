@@ -186,7 +186,7 @@ class DuckDBWarehouse(Warehouse):
         dropped whole when the day is next replaced. An upsert leaves a few builds in a group of
         their own and deleted rows in another, which would pile up as the stream adds builds one
         by one; its vacuum merges them (the first after a cold sync merges every day's group:
-        3.4 s and a 315 MB peak at 20,000 builds, then 0.05 s an upsert)."""
+        about 3 s and a 315 MB peak at 20,000 builds, then 0.05 s an upsert)."""
         configured = self.duckdb.connection_config.get("max_vacuum_tasks")
         conn.execute("RESET max_vacuum_tasks")
         conn.execute("CHECKPOINT")
