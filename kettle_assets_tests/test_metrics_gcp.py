@@ -14,7 +14,7 @@ from kettle_assets.core.schema import ROW_SCHEMA
 
 from .conftest import BUCKETS
 from .support.servers import bq_emulator
-from .test_metrics import AS_OF, CI, hand_built_rows
+from .test_metrics import AS_OF, CI, DAY2, build, hand_built_rows
 
 
 def plain(value):
@@ -30,20 +30,32 @@ def normalised(rows):
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory):
+def endpoint():
+    with bq_emulator() as url:
+        yield url
+
+
+def bigquery_warehouse(endpoint, folder, dataset):
+    settings = Settings(buckets_file=str(BUCKETS), storage_root=None, home=str(folder), env="gcp",
+                        bq_project="test-project", bq_dataset=dataset, bq_endpoint=endpoint)
+    return build_resources(settings)["warehouse"]
+
+
+def publish(warehouses, folder, day, rows):
+    f = folder / f"{day}.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), f)
+    for wh in warehouses:
+        wh.replace_day(day, f)
+        wh.replace_test_results(day)
+
+
+@pytest.fixture(scope="module")
+def both(endpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("metrics-bq")
-    duck = duckdb_warehouse(folder)
-    with bq_emulator() as endpoint:
-        settings = Settings(buckets_file=str(BUCKETS), storage_root=None, home=str(folder), env="gcp",
-                            bq_project="test-project", bq_dataset="metrics", bq_endpoint=endpoint)
-        bq = build_resources(settings)["warehouse"]
-        for day, rows in hand_built_rows().items():
-            f = folder / f"{day}.parquet"
-            pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), f)
-            for wh in (duck, bq):
-                wh.replace_day(day, f)
-                wh.replace_test_results(day)
-        yield duck, bq
+    duck, bq = duckdb_warehouse(folder), bigquery_warehouse(endpoint, folder, "metrics")
+    for day, rows in hand_built_rows().items():
+        publish((duck, bq), folder, day, rows)
+    return duck, bq
 
 
 def test_test_results_match(both):
@@ -51,6 +63,22 @@ def test_test_results_match(both):
     sql = 'SELECT path, pr, "commit", name, failed, failure_text FROM test_results'
     assert normalised(bq.query(sql)) == normalised(duck.query(sql))
     assert bq.count("test_results") == 17
+
+
+def test_moved_build_leaves_its_old_day_as_on_duckdb_in_a_dataset_made_before_test_result_days(endpoint, tmp_path):
+    duck, bq = duckdb_warehouse(tmp_path), bigquery_warehouse(endpoint, tmp_path, "moved")
+    for day, rows in hand_built_rows().items():
+        publish((duck, bq), tmp_path, day, rows)
+    with bq.bigquery.get_client() as client:  # a dataset made before the table: refilled from test_results
+        client.delete_table(bq._table("test_result_days"))
+    moved = build(f"{CI}/2", "ci-kubernetes-e2e", DAY2, 5, "FAILURE", [("A", True), ("B", False)])
+    publish((duck, bq), tmp_path, DAY2, hand_built_rows()[DAY2] + [moved])
+    sql = f"SELECT CAST(finished AS DATE) AS day, name FROM test_results WHERE path = '{CI}/2'"
+    assert normalised(bq.query(sql)) == normalised(duck.query(sql))
+    assert {r["day"].isoformat() for r in bq.query(sql)} == {DAY2}
+    assert bq.count("test_results") == duck.count("test_results") == 17
+    assert normalised(bq.query("SELECT path, day FROM test_result_days")) == normalised(
+        duck.query("SELECT path, day FROM test_result_days"))
 
 
 @pytest.mark.parametrize("name", sorted(METRICS))

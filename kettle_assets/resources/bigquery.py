@@ -198,7 +198,8 @@ class BigQueryWarehouse(Warehouse):
             return loaded
 
     def _bq(self, sql: str) -> str:
-        names = {"all": self.table_all, "test_results": "test_results", "test_flakiness": "test_flakiness"}
+        names = {"all": self.table_all, "test_results": "test_results", "test_result_days": "test_result_days",
+                 "test_flakiness": "test_flakiness"}
         names.update({m.table: m.table for m in METRICS.values()})
         return to_bigquery(sql, self.bigquery.project, self.dataset, names)
 
@@ -224,11 +225,31 @@ class BigQueryWarehouse(Warehouse):
         with self.bigquery.get_client() as client:
             self.ensure_tables(client)
             self._ensure_test_results(client)
-            target = f"`{self._table('test_results')}`"
+            target, days = f"`{self._table('test_results')}`", f"`{self._table('test_result_days')}`"
+            # The day under which test_results holds each build's tests (one row a build), filled
+            # from test_results the first time a dataset made before it is used.
+            self._run(client, f"CREATE TABLE IF NOT EXISTS {days} AS "
+                              f"SELECT DISTINCT path, DATE(finished) AS day FROM {target}")
+            the_day = f"DATE '{day}'"
+            builds_of_day = f"SELECT path FROM `{self._table('all')}` WHERE DATE(finished) = {the_day}"
+            # A build whose finished time moved leaves its old day too. test_result_days finds such
+            # builds and their old days, so each delete stays in its partition: asking
+            # test_results itself would bill a read of every test's path in the history.
+            moved = self._run(client, f"""
+                SELECT day, ARRAY_AGG(path ORDER BY path) AS paths FROM {days}
+                WHERE day <> {the_day} AND path IN ({builds_of_day}) GROUP BY day ORDER BY day
+            """)
+            moved_deletes = "".join(
+                f"DELETE FROM {target} WHERE DATE(finished) = DATE '{old_day.isoformat()}' "
+                f"AND path IN ({', '.join(_sql_string(p) for p in paths)});\n"
+                for old_day, paths in moved
+            )
             self._run(client, f"""
                 BEGIN TRANSACTION;
-                DELETE FROM {target} WHERE DATE(finished) = DATE '{day}'
-                  OR path IN (SELECT path FROM `{self._table('all')}` WHERE DATE(finished) = DATE '{day}');
+                DELETE FROM {target} WHERE DATE(finished) = {the_day};
+                {moved_deletes}
+                DELETE FROM {days} WHERE day = {the_day} OR path IN ({builds_of_day});
+                INSERT INTO {days} (path, day) SELECT path, {the_day} FROM ({builds_of_day});
                 INSERT INTO {target} {self._bq(test_results_select(day, lateral_unnest=True))};
                 COMMIT TRANSACTION;
             """)
