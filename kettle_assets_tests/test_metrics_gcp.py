@@ -3,18 +3,16 @@
 import math
 from datetime import datetime, timezone
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from kettle_assets.core.alerts import AlertRules, job_events, job_runs_sql
 from kettle_assets.core.metrics import METRICS, Window, flakiness_sql, metric_sql
 from kettle_assets.project import Settings, build_resources, duckdb_warehouse
-from kettle_assets.core.schema import ROW_SCHEMA
 
 from .conftest import BUCKETS
 from .support.servers import bq_emulator
 from .test_metrics import AS_OF, CI, DAY2, build, hand_built_rows
+from .test_metrics import publish as publish_one
 
 
 def plain(value):
@@ -42,11 +40,8 @@ def bigquery_warehouse(endpoint, folder, dataset):
 
 
 def publish(warehouses, folder, day, rows):
-    f = folder / f"{day}.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), f)
     for wh in warehouses:
-        wh.replace_day(day, f)
-        wh.replace_test_results(day)
+        publish_one(wh, folder, day, rows)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +64,9 @@ def test_moved_build_leaves_its_old_day_as_on_duckdb_in_a_dataset_made_before_te
     duck, bq = duckdb_warehouse(tmp_path), bigquery_warehouse(endpoint, tmp_path, "moved")
     for day, rows in hand_built_rows().items():
         publish((duck, bq), tmp_path, day, rows)
-    with bq.bigquery.get_client() as client:  # a dataset made before the table: refilled from test_results
+    with bq.bigquery.get_client() as client:
         client.delete_table(bq._table("test_result_days"))
+    bq = bigquery_warehouse(endpoint, tmp_path, "moved")  # a new process on a dataset made before the table
     moved = build(f"{CI}/2", "ci-kubernetes-e2e", DAY2, 5, "FAILURE", [("A", True), ("B", False)])
     publish((duck, bq), tmp_path, DAY2, hand_built_rows()[DAY2] + [moved])
     sql = f"SELECT CAST(finished AS DATE) AS day, name FROM test_results WHERE path = '{CI}/2'"

@@ -100,6 +100,7 @@ class BigQueryWarehouse(Warehouse):
     retry_deadline_seconds: float = Field(default=180.0, description="How long one call may spend retrying.")
 
     _tables_ready: bool = PrivateAttr(default=False)
+    _test_result_days_ready: bool = PrivateAttr(default=False)
 
     def _retry(self):
         from google.cloud.bigquery import DEFAULT_RETRY
@@ -226,10 +227,12 @@ class BigQueryWarehouse(Warehouse):
             self.ensure_tables(client)
             self._ensure_test_results(client)
             target, days = f"`{self._table('test_results')}`", f"`{self._table('test_result_days')}`"
-            # The day under which test_results holds each build's tests (one row a build), filled
-            # from test_results the first time a dataset made before it is used.
-            self._run(client, f"CREATE TABLE IF NOT EXISTS {days} AS "
-                              f"SELECT DISTINCT path, DATE(finished) AS day FROM {target}")
+            if not self._test_result_days_ready:
+                # The day under which test_results holds each build's tests (one row a build),
+                # filled from test_results the first time a dataset made before it is used.
+                self._run(client, f"CREATE TABLE IF NOT EXISTS {days} AS "
+                                  f"SELECT DISTINCT path, DATE(finished) AS day FROM {target}")
+                self._test_result_days_ready = True
             the_day = f"DATE '{day}'"
             builds_of_day = f"SELECT path FROM `{self._table('all')}` WHERE DATE(finished) = {the_day}"
             # A build whose finished time moved leaves its old day too. test_result_days finds such
