@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pyarrow as pa
 import pytest
 from dagster_duckdb import DuckDBResource
 
@@ -20,6 +21,7 @@ from kettle_assets.assets import failure_clusters as failure_clusters_module
 from kettle_assets.assets.failure_clusters import failure_clusters
 from kettle_assets.core.clustering import (
     ClusterOptions, Failure, Previous, cluster_failures, cluster_stream, failure_order, pairwise_agreement)
+from kettle_assets.core.triage_output import BUILD_FIELDS, BuildColumns, Shown, describe, dumps, tally
 from kettle_assets.core.triage_text import cluster_id, common_spans, ngram_counts, normalize, normalize_name
 from kettle_assets.project import Settings, settings_resource
 from kettle_assets.resources.staging import StagingStore
@@ -200,6 +202,61 @@ def test_incremental_days_agree_with_a_full_run_and_keep_ids():
 
 def test_pairwise_agreement_counts_pairs():
     assert pairwise_agreement({1: "a", 2: "a", 3: "b"}, {1: "x", 2: "x", 3: "x"}) == (1.0, 1 / 3)
+
+
+def test_build_columns_keep_a_repeated_number_last_and_render_subsets_as_bytes():
+    pr = "gs://k/pr-logs/pull/{}/pull-b/{}"
+    rows = [  # (job, number, path) order
+        ("gs://k/logs/a/1", "a", 1, 100), ("gs://k/logs/a/2", "a", 2, 200), ("gs://k/logs/a/3", "a", 3, 300),
+        ("gs://k/logs/a/4", "a", None, 400),  # unnumbered: not listed
+        (pr.format(7, 5), "pull-b", 5, 500), (pr.format(8, 5), "pull-b", 5, 600), (pr.format(9, 9), "pull-b", 9, 50),
+    ]
+    table = pa.table({"path": [r[0] for r in rows], "job": [r[1] for r in rows],
+                      "number": pa.array([r[2] for r in rows], pa.int64()), "started": [r[3] for r in rows],
+                      "elapsed": [10] * 7, "tests_run": [4] * 7, "tests_failed": [1, 1, 1, 1, None, 2, 3],
+                      "result": ["FAILURE"] * 7, "executor": ["prow"] * 7}).select(list(BUILD_FIELDS))
+    builds = BuildColumns(table)
+    assert builds.latest == 600
+    assert json.loads(dumps(builds.render())) == {
+        # pull-b's 5 is its second row (the last with that number); the first stays in the columns
+        "jobs": {"a": [1, 3, 0], "pull-b": {"5": 4, "9": 5}},
+        "cols": {"started": [100, 200, 300, 500, 600, 50], "tests_failed": [1, 1, 1, None, 2, 3],
+                 "elapsed": [10] * 6, "tests_run": [4] * 6, "result": ["FAILURE"] * 6, "executor": ["prow"] * 6,
+                 "pr": [None, None, None, "7", "8", "9"]},
+        "job_paths": {"a": "gs://k/logs/a", "pull-b": "gs://k/pr-logs/pull/7/pull-b"},
+    }
+    only_b = json.loads(dumps(builds.render({"pull-b", "not-a-job"})))
+    assert only_b["jobs"] == {"pull-b": {"5": 1, "9": 2}} and only_b["cols"]["started"] == [500, 600, 50]
+    empty = json.loads(dumps(builds.render([])))
+    assert empty == {"jobs": {}, "cols": {c: [] for c in empty["cols"]}, "job_paths": {}}
+    with pytest.raises(ValueError, match="together"):
+        BuildColumns(pa.concat_tables([table, table.slice(0, 1)]))
+
+
+def test_describe_orders_tests_and_picks_the_owner_by_recent_builds_then_older():
+    jobs = [{"builds": ["9", "3"], "name": "ci-a"}]
+    rows = [  # key hash, test, failures, flaky, first and last seen, first failure, jobs, recent, older
+        ("h1", "[sig-old] many", 3, 1, 10, 90, (10, "gs://b/1", "0"), jobs, 0, 3),
+        ("h1", "[sig-new] few", 1, 0, 50, 50, (50, "gs://b/5", "1"), jobs, 1, 0),
+        ("h1", "unowned", 3, 0, 20, 60, (20, "gs://b/2", "0"), jobs, 5, 5),
+        ("h2", "lone", 1, 0, 70, 70, (70, "gs://b/7", "0"), [], 0, 0),
+    ]
+    tallies = tally(rows)
+    assert (tallies["h1"].failures, tallies["h1"].flaky, tallies["h1"].first_seen, tallies["h1"].last_seen) == (
+        7, 1, 10, 90)
+    # the test with the most failures, ties by name; then its first failure
+    assert tallies["h1"].representative() == ("gs://b/1", "[sig-old] many", 0)
+    shown = {h: Shown(t.representative(), "text", b"[4]") for h, t in tallies.items()}
+    summary = describe(tallies, {"h1": ("key one", "id1"), "h2": ("key two", "id2")}, shown)
+    first, second = summary.clusters
+    assert [t["name"] for t in json.loads(dumps(first["tests"]))] == ["[sig-old] many", "unowned",
+                                                                              "[sig-new] few"]
+    assert first["owner"] == "new"  # builds in the last day count first; `unowned` has no owner
+    assert (first["test_count"], first["job_names"]) == (3, {"ci-a"})
+    assert second["owner"] == "testing" and json.loads(dumps(second["tests"])) == [
+        {"name": "lone", "jobs": []}]
+    owned = describe(tallies, {"h1": ("key one", "id1"), "h2": ("key two", "id2")}, shown, {"lonely": ["lone"]})
+    assert owned.clusters[1]["owner"] == "lonely"
 
 
 # --- the asset, through DuckDB -------------------------------------------------------------

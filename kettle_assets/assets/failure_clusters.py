@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from ..core.clustering import ClusterOptions, Failure, cluster_stream
 from ..core.triage_output import (
-    BuildColumns, GroupTokens, Shown, describe, dumps, failure_data, group_tokens, key_hash, slices, tally)
+    OWNER_RECENT_SECONDS, BuildColumns, ClusterSummary, GroupTokens, Shown, describe, dumps, failure_data, group_tokens,
+    key_hash, slices, tally)
 from ..core.triage_output import shown as shown_as
 from ..core.triage_text import cluster_id, ngram_counts, span_tokens
 from ..resources.cluster_tables import (
@@ -61,15 +62,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_triage_files(folder: Path, data: dict, builds: BuildColumns) -> dict:
-    """failure_data.json and slices/failure_data_<slice>.json; stale slices removed. Returns sizes.
-    `data["builds"]` is dropped once the main file is written (it is the largest thing held)."""
-    main = dumps(data)
+def write_triage_files(folder: Path, summary: ClusterSummary, builds: BuildColumns) -> dict:
+    """failure_data.json and slices/failure_data_<slice>.json; stale slices removed. Returns sizes."""
+    main = dumps(failure_data(summary, builds))
     _write_atomic(folder / "failure_data.json", main)
     sizes = {"failure_data_bytes": len(main), "failure_data_sha1": hashlib.sha1(main).hexdigest()}
-    del main, data["builds"]
+    del main
     written, largest = set(), 0
-    for name, part in slices(data, builds):
+    for name, part in slices(summary, builds):
         blob = dumps(part)
         path = folder / "slices" / f"failure_data_{name}.json"
         _write_atomic(path, blob)
@@ -109,7 +109,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     if not config.full and staging.read_marker(OPTIONS_MARKER) == fingerprint:
         previous = tables.previous()
     incremental = previous is not None
-    local_by_hash, previous_global = previous or ({}, {})
+    local_by_hash, previous_global, known_hashes, known_ids = previous or ({}, {}, {}, {})
     del previous
     state = _State(staging, staging.read_marker(STATE_MARKER) if incremental else None)
     # Without the last run's state, the kept failures' texts are needed to count their tokens.
@@ -130,7 +130,8 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
                                 on_key=assigned.add)
     assigned.close()
     del previous_global, kept
-    keymap, keys = _keymap(clustering)
+    keymap, keys = _keymap(clustering, known_hashes, known_ids)
+    del known_hashes, known_ids
     tables.set_keys(keymap)
     # From here on only the clustering's counts are needed: its keys (and their copies in the key
     # map) are the largest things a run from scratch holds.
@@ -145,25 +146,24 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     if needy.num_rows:
         tables.tokenize_groups(needy)
         groups = state.compare(tables.group_counts())
-    tallies = tally(tables.tally_rows())
+    builds = tables.builds(window)
+    tallies = tally(tables.tally_rows(builds.latest - OWNER_RECENT_SECONDS))
     changed = groups.changed_clusters() | {h for h, t in tallies.items() if state.shown_as(h) != t.representative()}
     commons = state.common_tokens(groups, tables.tokenized_texts(chunks), changed)
     shown = _shown(tables, tallies, commons, state)
     del commons
     state.shown.clear()  # the old texts of the clusters described again
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
-    builds = tables.builds(window)
-    summary = describe(tallies, keys, shown, builds.latest, owners)
+    summary = describe(tallies, keys, shown, owners)
     summary_seconds = time.monotonic() - started
     described = len(changed & tallies.keys())
     token = state.write(shown)
     del tallies, shown
-    data = failure_data(summary, builds)
 
     cluster_cols = ["id", "key_hash", "key", "text", "owner", "failures", "flaky_failures", "first_seen", "last_seen"]
     clusters = _columns(summary.clusters, cluster_cols)
-    clusters["tests"] = [len(c["tests"]) for c in summary.clusters]
-    clusters["jobs"] = [len({j["name"] for t in c["tests"] for j in t["jobs"]}) for c in summary.clusters]
+    clusters["tests"] = [c["test_count"] for c in summary.clusters]
+    clusters["jobs"] = [len(c["job_names"]) for c in summary.clusters]
     clusters["in_triage"] = [c["failures"] > 1 for c in summary.clusters]
     clusters_table = pa.table(clusters).rename_columns(
         ["cluster_id", "key_hash", "cluster_key", *cluster_cols[3:], "tests", "jobs", "in_triage"])
@@ -173,7 +173,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     staging.write_marker(OPTIONS_MARKER, fingerprint)
     staging.write_marker(STATE_MARKER, token)
     started = time.monotonic()
-    sizes = write_triage_files(staging.export_dir / "triage", data, builds)
+    sizes = write_triage_files(staging.export_dir / "triage", summary, builds)
     render_seconds = time.monotonic() - started
 
     flaky = sum(c["flaky_failures"] for c in summary.clusters)
@@ -191,7 +191,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
             "new_failures": counted.new_failures,
             "kept_failures": counted.kept_failures,
             "clusters": len(summary.clusters),
-            "clusters_in_triage": len(data["clustered"]),
+            "clusters_in_triage": sum(1 for c in summary.clusters if c["failures"] > 1),
             "clusters_described": described,
             "flaky_failures": flaky,
             "skipped_unnamed_failures": unnamed,
@@ -267,16 +267,19 @@ class _Assigned:
         self.hashes = {}
 
 
-def _keymap(clustering) -> tuple[pa.Table, dict[str, tuple[str, str]]]:
+def _keymap(clustering, known_hashes: dict[str, str], known_ids: dict[str, str]
+            ) -> tuple[pa.Table, dict[str, tuple[str, str]]]:
     """Every test key in use with its cluster's key hash and id (KEYMAP_SCHEMA), and the clusters'
-    (key, triage id) by key hash."""
+    (key, triage id) by key hash. Both are functions of the key: those of the last run's keys are
+    taken as they were."""
     keys = {}
     rows = {f.name: [] for f in KEYMAP_SCHEMA}
     for (test, local), key in sorted(clustering.global_key.items()):
-        hashed = key_hash(key)
+        hashed = known_hashes.get(key) or key_hash(key)
         if hashed not in keys:
-            keys[hashed] = (key, cluster_id(ngram_counts(key)))
-        for column, value in zip(rows, (test, key_hash(local), local, hashed, keys[hashed][1])):
+            keys[hashed] = (key, known_ids.get(key) or cluster_id(ngram_counts(key)))
+        local_hash = known_hashes.get(local) or key_hash(local)
+        for column, value in zip(rows, (test, local_hash, local, hashed, keys[hashed][1])):
             rows[column].append(value)
     return pa.table(rows, schema=KEYMAP_SCHEMA), keys
 

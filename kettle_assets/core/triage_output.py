@@ -9,62 +9,60 @@ import re
 from dataclasses import dataclass
 from typing import Collection, Iterable, Iterator, NamedTuple
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .triage_text import common_spans, normalize_name
 
 SIG_LABEL = re.compile(r"\[sig-([^]]*)\]")
 DEFAULT_OWNER = "testing"
+BUILD_FIELDS = ("path", "job", "number", "started", "elapsed", "tests_run", "tests_failed", "result", "executor")
 BUILD_COLUMNS = ("started", "tests_failed", "elapsed", "tests_run", "result", "executor", "pr")
 
 
+class ClusterTest(NamedTuple):
+    """One test's failures in one cluster, as the warehouse counts them (`tally_rows`)."""
+
+    name: str
+    failures: int
+    flaky: int
+    first_seen: int  # start of its first and last build
+    last_seen: int
+    first: tuple[int, str, str]  # (started, build path, ordinal as text) of its first failure
+    jobs: list[dict]  # triage's [{"builds": numbers as text, descending, "name": job}], numbered builds only
+    recent: int  # its numbered builds of standard jobs (no ":" in the name) started after `since`
+    older: int  # and those started before
+
+
 class ClusterTally:
-    """One cluster's failures counted: totals, first and last build start, and per test its
-    failures, its builds by job (numbered builds only, as triage lists them) and its first failure."""
+    """One cluster's failures counted: totals, first and last build start, and its tests by
+    failures (descending) then name."""
 
     __slots__ = ("failures", "flaky", "first_seen", "last_seen", "tests")
 
-    def __init__(self):
-        self.failures = 0
-        self.flaky = 0
-        self.first_seen: int | None = None
-        self.last_seen: int | None = None
-        # test -> [failures, {job: {build number: started}}, (started, build path, ordinal as text) of its first failure]
-        self.tests: dict[str, list] = {}
+    def __init__(self, tests: list[ClusterTest]):
+        self.tests = sorted(tests, key=lambda t: (-t.failures, t.name))
+        self.failures = sum(t.failures for t in tests)
+        self.flaky = sum(t.flaky for t in tests)
+        self.first_seen = min(t.first_seen for t in tests)
+        self.last_seen = max(t.last_seen for t in tests)
 
     def representative(self) -> tuple[str, str, int]:
         """(build path, test, ordinal) of the failure whose text shows the cluster: the first
         failure, in (started, build path, ordinal) order, of the test with the most failures."""
-        test = min(self.tests.items(), key=lambda kv: (-kv[1][0], kv[0]))[0]
-        _, path, seq = self.tests[test][2]
-        return path, test, int(seq)
+        test = self.tests[0]
+        _, path, seq = test.first
+        return path, test.name, int(seq)
 
 
-def tally(rows: Iterable[tuple[str, str, str, str, int | None, int, int, int, str]]) -> dict[str, ClusterTally]:
-    """Clusters by key hash, from rows (key hash, test, build path, job, build number, failures,
-    flaky failures, build started, smallest ordinal written as text) per cluster, test and build."""
-    clusters: dict[str, ClusterTally] = {}
-    for hashed, test, path, job, number, failures, flaky, started, seq in rows:
-        cluster = clusters.get(hashed)
-        if cluster is None:
-            cluster = clusters[hashed] = ClusterTally()
-            cluster.first_seen = cluster.last_seen = started
-        cluster.failures += failures
-        cluster.flaky += flaky
-        cluster.first_seen = min(cluster.first_seen, started)
-        cluster.last_seen = max(cluster.last_seen, started)
-        per_test = cluster.tests.get(test)
-        if per_test is None:
-            per_test = cluster.tests[test] = [0, {}, None]
-        per_test[0] += failures
-        if number is not None:  # triage lists only numbered builds
-            numbers = per_test[1].setdefault(job, {})
-            numbers[number] = max(numbers.get(number, started), started)
-        # Ordinals compare as text, as the failure ids (path, test, ordinal) of triage's order do.
-        order = (started, path, seq)
-        if per_test[2] is None or order < per_test[2]:
-            per_test[2] = order
-    return clusters
+def tally(rows: Iterable[tuple]) -> dict[str, ClusterTally]:
+    """Clusters by key hash, from rows (key hash, *ClusterTest's fields) per cluster and test."""
+    tests: dict[str, list[ClusterTest]] = {}
+    for hashed, *fields in rows:
+        tests.setdefault(hashed, []).append(ClusterTest(*fields))
+    return {hashed: ClusterTally(each) for hashed, each in tests.items()}
 
 
 @dataclass(frozen=True)
@@ -86,28 +84,32 @@ class ClusterSummary:
     clusters: list[dict]  # triage's `clustered` entries plus counts, singletons included
 
 
+OWNER_RECENT_SECONDS = 86400  # an owner's builds in the day before the window's latest build count first
+
+
 def describe(tallies: dict[str, ClusterTally], keys: dict[str, tuple[str, str]], shown: dict[str, Shown],
-             latest: int, owners: dict[str, list[str]] | None = None) -> ClusterSummary:
+             owners: dict[str, list[str]] | None = None) -> ClusterSummary:
     """Each cluster as triage describes it, by failures then key; `keys` ((key, triage id)) and
-    `shown` by key hash."""
-    """`latest`: the start of the window's latest build; an owner's failures since a day before it count first."""
+    `shown` by key hash. A cluster's tests are rendered to JSON here, once, for the main file and
+    the slices alike; `job_names` are the jobs they name."""
     owner_of = _owner_matcher(owners or {})
     out = []
     for hashed, cluster in sorted(tallies.items(), key=lambda hc: (-hc[1].failures, keys[hc[0]][0])):
         key, triage_id = keys[hashed]
-        tests = sorted(cluster.tests.items(), key=lambda kv: (-kv[1][0], kv[0]))
         out.append({
             "key": key,
             "id": triage_id,
             "text": shown[hashed].text,
             "spans": orjson.Fragment(shown[hashed].spans),
-            "tests": [{"name": name, "jobs": _jobs(jobs)} for name, (_, jobs, _) in tests],
-            "owner": _owner(tests, owner_of, latest - 86400),
+            "tests": orjson.Fragment(dumps([{"name": t.name, "jobs": t.jobs} for t in cluster.tests])),
+            "owner": _owner(cluster.tests, owner_of),
             "failures": cluster.failures,
             "flaky_failures": cluster.flaky,
             "first_seen": cluster.first_seen,
             "last_seen": cluster.last_seen,
             "key_hash": hashed,
+            "test_count": len(cluster.tests),
+            "job_names": {job["name"] for t in cluster.tests for job in t.jobs},
         })
     return ClusterSummary(clusters=out)
 
@@ -143,13 +145,6 @@ def key_hash(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _jobs(jobs: dict[str, dict[int, int]]) -> list[dict]:
-    """{name, builds} per job, build numbers (as strings) descending, jobs by builds desc then name."""
-    ordered = sorted(((job, sorted(numbers, reverse=True)) for job, numbers in jobs.items()),
-                     key=lambda jn: (-len(jn[1]), jn[0]))
-    return [{"name": job, "builds": [str(n) for n in numbers]} for job, numbers in ordered]
-
-
 def _owner_matcher(owners: dict[str, list[str]]):
     groups = []
     for n, (sig, prefixes) in enumerate(sorted(owners.items())):
@@ -170,100 +165,121 @@ def _owner_matcher(owners: dict[str, list[str]]):
     return owner_of
 
 
-def _owner(tests, owner_of, since: int) -> str:
-    """The SIG whose tests failed most in the last day (then before it), from `[sig-x]` in the test
-    name or an owners file's prefixes; `testing` when none is known."""
+def _owner(tests: list[ClusterTest], owner_of) -> str:
+    """The SIG whose tests failed in most builds in the last day (then before it), from `[sig-x]`
+    in the test name or an owners file's prefixes; `testing` when none is known."""
     counts: dict[str, list[int]] = {}
-    for name, hits in tests:
-        match = SIG_LABEL.search(name)
-        owner = match.group(1) if match else owner_of(name)
+    for test in tests:
+        match = SIG_LABEL.search(test.name)
+        owner = match.group(1) if match else owner_of(test.name)
         if owner is None:
             continue
         tally = counts.setdefault(owner, [0, 0])
-        for job, numbers in hits[1].items():
-            if ":" in job:  # not a standard CI job, as triage skips them
-                continue
-            for started in numbers.values():
-                tally[0 if (started or 0) > since else 1] += 1
+        tally[0] += test.recent
+        tally[1] += test.older
     if not counts:
         return DEFAULT_OWNER
     return max(counts.items(), key=lambda oc: (oc[1], oc[0]))[0]
 
 
-class BuildColumns:
-    """triage's columnar builds, each job's block computed once so that the 256 slices (each a
-    subset of the jobs) are concatenations rather than re-sorts. Built from rows (path, job,
-    number, started, elapsed, tests_run, tests_failed, result, executor) in (job, number, path)
-    order, straight into columns: no object per build."""
+class _JobBlock(NamedTuple):
+    rows: int
+    columns: dict[str, bytes]  # each column's values in JSON, without the brackets
+    keys: list[str]  # build numbers as text
+    offsets: np.ndarray  # each number's last build, as a row of the block
+    dense: list[int] | None  # [first number, count] when the numbers are consecutive, one build each
+    folder: str
 
-    def __init__(self, rows: Iterable[tuple]):
-        self._blocks: dict[str, tuple[dict[str, list], list[int], list[int], str]] = {}
-        self.latest = 0  # the start of the latest numbered build
-        shared: dict = {}  # one object per distinct result and executor
-        columns = numbers = offsets = None
-        for path, job, number, started, elapsed, run, failed, result, executor in rows:
-            if number is None or not started:
-                continue
-            self.latest = max(self.latest, started)
-            if job not in self._blocks:
-                columns, numbers, offsets = {c: [] for c in BUILD_COLUMNS}, [], []
-                self._blocks[job] = (columns, numbers, offsets, path[: path.rindex("/")])
-            elif self._blocks[job][0] is not columns:
-                raise ValueError(f"builds of job {job!r} must come together")
-            offset = len(columns["started"])
-            for column, value in zip(BUILD_COLUMNS, (started, failed, elapsed, run, shared.setdefault(result, result),
-                                                     shared.setdefault(executor, executor), _pr(path))):
-                columns[column].append(value)
-            if numbers and numbers[-1] == number:
-                offsets[-1] = offset  # a repeated number keeps its last build, as triage does
-            else:
-                numbers.append(number)
-                offsets.append(offset)
+
+class BuildColumns:
+    """triage's columnar builds. Each job's block is rendered to JSON once, so that the main file
+    and the 256 slices (each a subset of the jobs) are concatenations of bytes. Built from a table
+    of BUILD_FIELDS in (job, number, path) order."""
+
+    def __init__(self, table: pa.Table):
+        started = pc.fill_null(table["started"], 0)
+        table = table.filter(pc.and_(pc.and_(pc.is_valid(table["number"]), pc.is_valid(table["job"])),
+                                     pc.not_equal(started, 0)))
+        self.latest = pc.max(table["started"]).as_py() or 0  # the start of the latest numbered build
+        self._blocks: dict[str, _JobBlock] = {}
+        if not table.num_rows:
+            return
+        jobs = table["job"].combine_chunks().dictionary_encode()
+        job_index = jobs.indices.to_numpy(zero_copy_only=False)
+        numbers = table["number"].to_numpy()
+        same_job = job_index[1:] == job_index[:-1]
+        starts = np.flatnonzero(np.r_[True, ~same_job])
+        if len(starts) != len(jobs.dictionary):
+            raise ValueError("the builds of each job must come together")
+        # A repeated number keeps its last build, as triage does (the others stay in the columns).
+        last_of_number = np.flatnonzero(np.r_[~same_job | (numbers[1:] != numbers[:-1]), True])
+        # The PR number from a pr-logs path (`.../pull/<pr>/<job>/<number>`), as triage takes it.
+        pr = pc.if_else(pc.match_substring(table["path"], "pr-logs"),
+                        pc.struct_field(pc.extract_regex(table["path"], r"(?P<pr>[^/]*)/[^/]*/[^/]*$"), [0]), None)
+        values = {c: (pr if c == "pr" else table[c]).to_pylist() for c in BUILD_COLUMNS}
+        folders = table["path"].take(pa.array(starts)).to_pylist()
+        ends = np.r_[starts[1:], len(job_index)]
+        bounds = np.searchsorted(last_of_number, ends).tolist()
+        for n, (job, start, end) in enumerate(zip(jobs.dictionary.take(job_index[starts]).to_pylist(), starts.tolist(),
+                                                  ends.tolist())):
+            lasts = last_of_number[(bounds[n - 1] if n else 0):bounds[n]]
+            block_numbers = numbers[lasts]
+            offsets = lasts - start
+            count = len(lasts)
+            dense = (int(block_numbers[-1]) == int(block_numbers[0]) + count - 1 and count == end - start)
+            path = folders[n]
+            self._blocks[job] = _JobBlock(
+                end - start, {c: orjson.dumps(values[c][start:end])[1:-1] for c in BUILD_COLUMNS},
+                [str(n) for n in block_numbers.tolist()], offsets,
+                [int(block_numbers[0]), count] if dense else None, path[: path.rindex("/")])
 
     def render(self, jobs: Iterable[str] | None = None) -> dict:
         """per job build number -> column index (or `[first, count, first index]` when the numbers
         are consecutive), the columns, and each job's folder; jobs in name order."""
         names = sorted(self._blocks if jobs is None else (j for j in jobs if j in self._blocks))
-        cols: dict[str, list] = {c: [] for c in BUILD_COLUMNS}
+        parts: dict[str, list[bytes]] = {c: [] for c in BUILD_COLUMNS}
         out_jobs: dict[str, object] = {}
         job_paths: dict[str, str] = {}
+        base = 0
         for job in names:
-            columns, numbers, offsets, folder = self._blocks[job]
-            base = len(cols["started"])
+            block = self._blocks[job]
             for c in BUILD_COLUMNS:
-                cols[c].extend(columns[c])
-            dense = numbers[-1] == numbers[0] + len(numbers) - 1 and all(o == n for n, o in enumerate(offsets))
-            out_jobs[job] = [numbers[0], len(numbers), base] if dense else {
-                str(n): base + o for n, o in zip(numbers, offsets)}
-            job_paths[job] = folder
+                parts[c].append(block.columns[c])
+            out_jobs[job] = [*block.dense, base] if block.dense else dict(zip(block.keys, (block.offsets + base).tolist()))
+            job_paths[job] = block.folder
+            base += block.rows
+        cols = {c: orjson.Fragment(b"[" + b",".join(parts[c]) + b"]") for c in BUILD_COLUMNS}
         return {"jobs": out_jobs, "cols": cols, "job_paths": job_paths}
-
-
-def _pr(path: str) -> str | None:
-    """The PR number from a pr-logs path (`.../pull/<pr>/<job>/<number>`), as triage takes it."""
-    return path.split("/")[-3] if "pr-logs" in path else None
 
 
 TRIAGE_FIELDS = ("key", "id", "text", "spans", "tests", "owner")
 
 
+def _triage_entries(clusters: Iterable[dict]) -> list[dict]:
+    return [{f: c[f] for f in TRIAGE_FIELDS} for c in clusters]
+
+
+def _in_triage(summary: ClusterSummary) -> list[dict]:
+    """triage lists clusters of more than one failure."""
+    return [c for c in summary.clusters if c["failures"] > 1]
+
+
 def failure_data(summary: ClusterSummary, builds: BuildColumns) -> dict:
     """triage's `failure_data.json`: clusters of more than one failure, and all the builds."""
-    clustered = [{f: c[f] for f in TRIAGE_FIELDS} for c in summary.clusters if c["failures"] > 1]
-    return {"clustered": clustered, "builds": builds.render()}
+    return {"clustered": _triage_entries(_in_triage(summary)), "builds": builds.render()}
 
 
-def slices(data: dict, builds: BuildColumns) -> Iterator[tuple[str, dict]]:
+def slices(summary: ClusterSummary, builds: BuildColumns) -> Iterator[tuple[str, dict]]:
     """triage's slices: `00`..`ff` by id prefix, then `sig-<owner>` for every owner present (and
     `testing`); each with the builds of the jobs its clusters name."""
 
     def one(clusters: list[dict]) -> dict:
-        jobs = {job["name"] for c in clusters for t in c["tests"] for job in t["jobs"]}
-        return {"clustered": clusters, "builds": builds.render(jobs)}
+        jobs = set().union(*(c["job_names"] for c in clusters))
+        return {"clustered": _triage_entries(clusters), "builds": builds.render(jobs)}
 
     by_prefix: dict[str, list[dict]] = {}
     by_owner: dict[str, list[dict]] = {DEFAULT_OWNER: []}
-    for cluster in data["clustered"]:
+    for cluster in _in_triage(summary):
         by_prefix.setdefault(cluster["id"][:2], []).append(cluster)
         by_owner.setdefault(cluster["owner"], []).append(cluster)
     for prefix in range(256):

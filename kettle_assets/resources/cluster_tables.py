@@ -26,7 +26,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import IO, Iterator
+from typing import IO, Iterator, NamedTuple
 
 import pyarrow as pa
 
@@ -74,6 +74,15 @@ KEYMAP_SCHEMA = pa.schema([("name", pa.string()), ("local_key_hash", pa.string()
                            ("key_hash", pa.string()), ("cluster_id", pa.string())])
 GROUPS_SCHEMA = pa.schema([("name", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int64())])
 IDS_SCHEMA = pa.schema([("path", pa.string()), ("name", pa.string()), ("seq", pa.int64())])
+
+
+class PreviousKeys(NamedTuple):
+    """The last run's keys."""
+
+    local: dict[tuple[str, str], str]  # (test, local key hash) -> local key
+    cluster: dict[tuple[str, str], str]  # (test, local key) -> its cluster's key
+    hashes: dict[str, str]  # key -> key hash, local and cluster keys
+    ids: dict[str, str]  # cluster key -> triage id
 
 
 @dataclass(frozen=True)
@@ -170,9 +179,12 @@ class ClusterTables:
         """Have every failure of these groups (GROUPS_SCHEMA) tokenised, texts included."""
         raise NotImplementedError
 
-    def tally_rows(self) -> Iterator[tuple]:
-        """(key hash, test, build path, job, build number, failures, flaky failures, started,
-        smallest ordinal as text) per cluster, test and build."""
+    def tally_rows(self, since: int) -> Iterator[tuple]:
+        """Per cluster and test: key hash, test, failures, flaky failures, first and last build
+        start, (started, build path, ordinal as text) of the first failure, triage's jobs
+        ([{"builds": numbers as text descending, "name": job}] of its numbered builds, jobs by
+        builds descending then name), and its numbered builds of jobs without ":" started after
+        `since` and not. A build number counts once per job, at its latest start."""
         raise NotImplementedError
 
     def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
@@ -185,32 +197,34 @@ class ClusterTables:
 
     def builds(self, window: Window) -> BuildColumns:
         """The builds started in the window, as triage's `builds` file lists them."""
-        return BuildColumns(self._build_rows(window))
+        return BuildColumns(self._build_table(window))
 
-    def _build_rows(self, window: Window) -> Iterator[tuple]:
-        """(path, job, number, started, elapsed, tests_run, tests_failed, result, executor) in
-        (job, number, path) order."""
+    def _build_table(self, window: Window) -> pa.Table:
+        """BUILD_FIELDS (started as epoch seconds, elapsed truncated to seconds) in (job, number,
+        path) order."""
         raise NotImplementedError
 
-    def previous(self) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]] | None:
-        """The last run's keys: (test, local key hash) -> local key, and (test, local key) -> its
-        cluster's key; None when there is no last run."""
+    def previous(self) -> PreviousKeys | None:
+        """The last run's keys, or None when there is no last run."""
         rows = self._previous_rows()
         if rows is None:
             return None
-        local, cluster = {}, {}
+        previous = PreviousKeys({}, {}, {}, {})
         # Each row comes with its own copy of its cluster's key (and a key is often also a local
         # key): one copy of each, as a run from scratch holds them.
         same: dict[str, str] = {}
-        for name, local_hash, local_key, cluster_key in (row for batch in rows for row in batch):
+        for name, local_hash, local_key, cluster_key, cluster_hash, cluster_id in (row for batch in rows for row in batch):
             local_key = same.setdefault(local_key, local_key)
             cluster_key = same.setdefault(cluster_key, cluster_key)
-            local[(name, local_hash)] = local_key
-            cluster[(name, local_key)] = cluster_key
-        return local, cluster
+            previous.local[(name, local_hash)] = local_key
+            previous.cluster[(name, local_key)] = cluster_key
+            previous.hashes[local_key] = local_hash
+            previous.hashes[cluster_key] = cluster_hash
+            previous.ids[cluster_key] = cluster_id
+        return previous
 
     def _previous_rows(self) -> Iterator[list[tuple]] | None:
-        """Batches of (test, local key hash, local key, cluster key): one copy of each key is kept."""
+        """Batches of (test, local key hash, local key, cluster key, its hash, its triage id)."""
         raise NotImplementedError
 
     def replace(self, clusters: pa.Table) -> None:
@@ -357,13 +371,34 @@ class DuckDBClusterTables(ClusterTables):
                         AND g.day = kc_input.started // 86400""")
         db.unregister("incoming")
 
-    def tally_rows(self) -> Iterator[tuple]:
-        result = self._db().execute(f"""
-            SELECT k.key_hash, i.name, i.path, any_value(i.job), any_value(i.number), count(*),
-                   count(CASE WHEN i.flaky THEN 1 END), min(i.started), min(CAST(i.seq AS VARCHAR))
-            FROM {self._KEYED} GROUP BY 1, 2, 3""")
-        while rows := result.fetchmany(BATCH_ROWS):
-            yield from rows
+    def tally_rows(self, since: int) -> Iterator[tuple]:
+        reader = self._db().sql(f"""
+            WITH f AS (
+                SELECT k.key_hash, i.name, i.path, i.job, i.number, i.started, i.flaky, i.seq FROM {self._KEYED}
+            ), numbered AS (
+                SELECT key_hash, name, job, number, max(started) AS started FROM f WHERE number IS NOT NULL GROUP BY ALL
+            ), per_job AS (
+                SELECT key_hash, name, job, list(CAST(number AS VARCHAR) ORDER BY number DESC) AS builds,
+                       count(*) AS n, count(CASE WHEN started > $since AND job NOT LIKE '%:%' THEN 1 END) AS recent,
+                       count(CASE WHEN started <= $since AND job NOT LIKE '%:%' THEN 1 END) AS older
+                FROM numbered GROUP BY ALL
+            ), jobs AS (
+                SELECT key_hash, name, list({{'builds': builds, 'name': job}} ORDER BY n DESC, job) AS jobs,
+                       sum(recent)::BIGINT AS recent, sum(older)::BIGINT AS older
+                FROM per_job GROUP BY ALL
+            ), tests AS (
+                SELECT key_hash, name, count(*) AS failures, count(CASE WHEN flaky THEN 1 END) AS flaky,
+                       min(started) AS first_seen, max(started) AS last_seen,
+                       min({{'started': started, 'path': path, 'seq': CAST(seq AS VARCHAR)}}) AS first
+                FROM f GROUP BY ALL
+            )
+            SELECT t.key_hash, t.name, t.failures, t.flaky, t.first_seen, t.last_seen, t.first.started, t.first.path,
+                   t.first.seq, coalesce(j.jobs, []), coalesce(j.recent, 0), coalesce(j.older, 0)
+            FROM tests t LEFT JOIN jobs j USING (key_hash, name)""", params={"since": since}).to_arrow_reader(BATCH_ROWS)
+        for batch in reader:  # Arrow: the nested jobs become Python objects in one step per column
+            for hashed, name, failures, flaky, first_seen, last_seen, started, path, seq, jobs, recent, older in zip(
+                    *(column.to_pylist() for column in batch.columns)):
+                yield hashed, name, failures, flaky, first_seen, last_seen, (started, path, seq), jobs, recent, older
 
     def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
         for lo, hi, _ in chunks:
@@ -382,25 +417,23 @@ class DuckDBClusterTables(ClusterTables):
             db.unregister("kc_ids")
         return {(path, name, seq): text for path, name, seq, text in rows}
 
-    def _build_rows(self, window: Window) -> Iterator[tuple]:
+    def _build_table(self, window: Window) -> pa.Table:
         self.warehouse.ensure_tables()
-        result = self._db().execute(
-            """SELECT path, job, number, epoch(started)::BIGINT, trunc(elapsed)::BIGINT, tests_run,
-                      tests_failed, result, executor
+        return self._db().sql(
+            """SELECT path, job, number, epoch(started)::BIGINT AS started, trunc(elapsed)::BIGINT AS elapsed,
+                      tests_run, tests_failed, result, executor
                FROM "all"
                WHERE started >= $first AND started < $last + INTERVAL 1 DAY
                  AND NOT list_contains($excluded, coalesce(job, ''))
                ORDER BY job, number, path""",
-            window.params(),
-        )
-        while rows := result.fetchmany(BATCH_ROWS):
-            yield from rows
+            params=window.params(),
+        ).to_arrow_table()
 
     def _previous_rows(self) -> Iterator[list[tuple]] | None:
         if not {CLUSTERS, FAILURES, TEST_KEYS} <= self._present():
             return None
         result = self._db().execute(
-            f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key "
+            f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key, c.key_hash, c.cluster_id "
             f"FROM {TEST_KEYS} k JOIN {CLUSTERS} c USING (key_hash)")
         return iter(lambda: result.fetchmany(BATCH_ROWS), [])
 
@@ -631,11 +664,36 @@ class BigQueryClusterTables(ClusterTables):
         self._scratch.add(retokenized)
         self._input = self._table(retokenized)
 
-    def tally_rows(self) -> Iterator[tuple]:
-        yield from (tuple(r) for r in self._query(f"""
-            SELECT k.key_hash, i.name, i.path, ANY_VALUE(i.job), ANY_VALUE(i.number), count(*), COUNTIF(i.flaky),
-                   min(i.started), min(CAST(i.seq AS STRING))
-            FROM {self._keyed} GROUP BY 1, 2, 3""", page_size=BATCH_ROWS))
+    def tally_rows(self, since: int) -> Iterator[tuple]:
+        for row in self._query(f"""
+                WITH f AS (
+                    SELECT k.key_hash, i.name, i.path, i.job, i.number, i.started, i.flaky, i.seq FROM {self._keyed}
+                ), numbered AS (
+                    SELECT key_hash, name, job, number, max(started) AS started FROM f WHERE number IS NOT NULL
+                    GROUP BY 1, 2, 3, 4
+                ), per_job AS (
+                    SELECT key_hash, name, job, ARRAY_AGG(CAST(number AS STRING) ORDER BY number DESC) AS builds,
+                           count(*) AS n, COUNTIF(started > @since AND job NOT LIKE '%:%') AS recent,
+                           COUNTIF(started <= @since AND job NOT LIKE '%:%') AS older
+                    FROM numbered GROUP BY 1, 2, 3
+                ), jobs AS (
+                    SELECT key_hash, name, ARRAY_AGG(STRUCT(builds, job AS name) ORDER BY n DESC, job) AS jobs,
+                           sum(recent) AS recent, sum(older) AS older
+                    FROM per_job GROUP BY 1, 2
+                ), tests AS (
+                    SELECT key_hash, name, count(*) AS failures, COUNTIF(flaky) AS flaky,
+                           min(started) AS first_seen, max(started) AS last_seen,
+                           ARRAY_AGG(STRUCT(started, path, CAST(seq AS STRING) AS seq)
+                                     ORDER BY started, path, CAST(seq AS STRING) LIMIT 1)[OFFSET(0)] AS first
+                    FROM f GROUP BY 1, 2
+                )
+                SELECT t.key_hash, t.name, t.failures, t.flaky, t.first_seen, t.last_seen, t.first.started AS started,
+                       t.first.path AS path, t.first.seq AS seq, j.jobs, coalesce(j.recent, 0) AS recent,
+                       coalesce(j.older, 0) AS older
+                FROM tests t LEFT JOIN jobs j USING (key_hash, name)""", {"since": since}, page_size=BATCH_ROWS):
+            hashed, name, failures, flaky, first_seen, last_seen, started, path, seq, jobs, recent, older = row
+            jobs = [{"builds": list(j["builds"]), "name": j["name"]} for j in jobs or []]
+            yield hashed, name, failures, flaky, first_seen, last_seen, (started, path, seq), jobs, recent, older
 
     def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
         for lo, hi, _ in chunks:
@@ -650,20 +708,21 @@ class BigQueryClusterTables(ClusterTables):
             f"""SELECT i.path, i.name, i.seq, i.failure_text FROM {self._input} i
                 JOIN {wanted} w ON w.path = i.path AND w.name = i.name AND w.seq = i.seq""", page_size=BATCH_ROWS)}
 
-    def _build_rows(self, window: Window) -> Iterator[tuple]:
-        yield from (tuple(r) for r in self._query(
-            f"""SELECT path, job, number, UNIX_SECONDS(started), CAST(TRUNC(elapsed) AS INT64), tests_run,
-                       tests_failed, result, executor
+    def _build_table(self, window: Window) -> pa.Table:
+        return self._query(
+            f"""SELECT path, job, number, UNIX_SECONDS(started) AS started, CAST(TRUNC(elapsed) AS INT64) AS elapsed,
+                       tests_run, tests_failed, result, executor
                 FROM {self._table('all')}
                 WHERE (finished >= TIMESTAMP(@first) OR finished IS NULL)
                   AND started >= TIMESTAMP(@first) AND started < TIMESTAMP(DATE_ADD(@last, INTERVAL 1 DAY))
                   AND coalesce(job, '') NOT IN UNNEST(@excluded)
-                ORDER BY job, number, path""", window.params(), page_size=BATCH_ROWS))
+                ORDER BY job, number, path""", window.params(), page_size=BATCH_ROWS
+        ).to_arrow(create_bqstorage_client=False)
 
     def _previous_rows(self) -> Iterator[list[tuple]] | None:
         if not {CLUSTERS, FAILURES, TEST_KEYS} <= self._present():
             return None
-        rows = self._query(f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key "
+        rows = self._query(f"SELECT k.name, k.local_key_hash, k.local_key, c.cluster_key, c.key_hash, c.cluster_id "
                            f"FROM {self._table(TEST_KEYS)} k JOIN {self._table(CLUSTERS)} c USING (key_hash)",
                            page_size=BATCH_ROWS)
         return ([tuple(r) for r in page] for page in rows.pages)
