@@ -113,7 +113,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     del previous
     state = _State(staging, staging.read_marker(STATE_MARKER) if incremental else None)
     # Without the last run's state, the kept failures' texts are needed to count their tokens.
-    chunks = tables.stage(window, with_previous=incremental, all_texts=not state.valid)
+    failures_total = tables.stage(window, with_previous=incremental, all_texts=not state.valid)
     unnamed = tables.unnamed_failures(window)
     if unnamed:
         context.log.warning(f"failure_clusters: {unnamed} failed tests without a name in the window, left out")
@@ -121,12 +121,11 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     for name, local_hash, failures in tables.kept_keys():
         kept.setdefault(name, {})[local_by_hash[(name, local_hash)]] = failures
     del local_by_hash
-    failures_total = sum(n for _, _, n in chunks)
     workers = config.workers if failures_total >= PARALLEL_FROM else 1
 
     started = time.monotonic()
     assigned = _Assigned(tables)
-    clustering = cluster_stream(tables.new_failures(chunks), previous_global, options, workers, kept=kept,
+    clustering = cluster_stream(tables.new_failures(), previous_global, options, workers, kept=kept,
                                 on_key=assigned.add)
     assigned.close()
     del previous_global, kept
@@ -149,7 +148,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     builds = tables.builds(window)
     tallies = tally(tables.tally_rows(builds.latest - OWNER_RECENT_SECONDS))
     changed = groups.changed_clusters() | {h for h, t in tallies.items() if state.shown_as(h) != t.representative()}
-    commons = state.common_tokens(groups, tables.tokenized_texts(chunks), changed)
+    commons = state.common_tokens(groups, tables.tokenized_texts(), changed)
     shown = _shown(tables, tallies, commons, state)
     del commons
     state.shown.clear()  # the old texts of the clusters described again

@@ -39,7 +39,10 @@ CLUSTERS = "failure_clusters"
 FAILURES = "failure_cluster_failures"
 DAYS = "failure_cluster_days"
 TEST_KEYS = "failure_cluster_test_keys"
-BATCH_ROWS = 20_000
+BATCH_ROWS = 20_000  # rows read into Python at a time (texts included)
+# failed tests staged by one statement: fewer make DuckDB scan the window again for each, more
+# make its sorts spill (at 1,000,000 failures: 7.2 s in batches of 20,000, 2.2 s of 250,000, 5.2 s in one)
+STAGE_ROWS = 250_000
 # DuckDB cannot spill a sort whose rows carry long failure texts: a run raises the warehouse's
 # lower limit to this for as long as its connection is open.
 SORTED_TEXT_MEMORY_LIMIT = "256MB"
@@ -147,19 +150,19 @@ class ClusterTables:
         """Failed tests without a name: they cannot be clustered by test, so they are counted."""
         raise NotImplementedError
 
-    def stage(self, window: Window, with_previous: bool, all_texts: bool) -> list[tuple]:
+    def stage(self, window: Window, with_previous: bool, all_texts: bool) -> int:
         """Copy the window's failed tests into the input, each with its previous test key (with
-        `with_previous`), marked to be tokenised if it has none (or with `all_texts`). Returns chunks of
-        tests of about BATCH_ROWS failures, (first, last, failures), read one at a time."""
+        `with_previous`), marked to be tokenised if it has none (or with `all_texts`). Returns how
+        many there are."""
         raise NotImplementedError
 
     def kept_keys(self) -> Iterator[tuple[str, str, int]]:
         """(test, previous local key hash, failures) of the failures that keep their test key."""
         raise NotImplementedError
 
-    def new_failures(self, chunks: list[tuple]) -> Iterator[Failure]:
+    def new_failures(self) -> Iterator[Failure]:
         """The failures without a previous test key, with their texts, in stream order (test,
-        started, build path, ordinal)."""
+        started, build path, ordinal), read about BATCH_ROWS at a time."""
         raise NotImplementedError
 
     def add_assigned(self, batch: pa.Table) -> None:
@@ -187,8 +190,9 @@ class ClusterTables:
         `since` and not. A build number counts once per job, at its latest start."""
         raise NotImplementedError
 
-    def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
-        """(test, local key hash, day, text) of the failures to tokenise, grouped in group order."""
+    def tokenized_texts(self) -> Iterator[tuple[str, str, int, str]]:
+        """(test, local key hash, day, text) of the failures to tokenise, grouped in group order,
+        read about BATCH_ROWS at a time."""
         raise NotImplementedError
 
     def failure_texts(self, ids: pa.Table) -> dict[tuple[str, str, int], str]:
@@ -311,7 +315,6 @@ class DuckDBClusterTables(ClusterTables):
         counts = db.execute(
             f"SELECT name, count(*) FROM test_results WHERE {self._WINDOW} AND failed AND name IS NOT NULL "
             "GROUP BY name ORDER BY name", window.params()).fetchall()
-        chunks = _chunks(counts, BATCH_ROWS)
         db.execute("""CREATE OR REPLACE TEMP TABLE kc_input (rid BIGINT, path VARCHAR, name VARCHAR, seq BIGINT,
                       job VARCHAR, number BIGINT, started BIGINT, flaky BOOLEAN,
                       local_key_hash VARCHAR, new BOOLEAN, tokenize BOOLEAN)""")
@@ -321,19 +324,24 @@ class DuckDBClusterTables(ClusterTables):
         join = (f"LEFT JOIN {FAILURES} m ON m.path = f.path AND m.name = f.name AND m.seq = f.seq" if previous
                 else "LEFT JOIN (SELECT NULL::VARCHAR AS local_key_hash) m ON FALSE")
         wanted = "TRUE" if all_texts else "m.local_key_hash IS NULL"
-        for lo, hi, _ in chunks:
+        for lo, hi, _ in _chunks(counts, STAGE_ROWS):
             db.execute(f"""INSERT INTO kc_input
                 SELECT f.rid, f.path, f.name, f.seq, f.job, f.number, f.started, f.flaky, m.local_key_hash,
                        m.local_key_hash IS NULL, {wanted}
                 FROM ({self._FAILED}) f {join}""", {**window.params(), "lo": lo, "hi": hi})
-        return chunks
+        return sum(n for _, n in counts)
+
+    def _read_chunks(self, where: str) -> list[tuple]:
+        """Tests of the input in runs of about BATCH_ROWS rows that match `where`."""
+        return _chunks(self._db().execute(
+            f"SELECT name, count(*) FROM kc_input WHERE {where} GROUP BY name ORDER BY name").fetchall(), BATCH_ROWS)
 
     def kept_keys(self) -> Iterator[tuple[str, str, int]]:
         yield from self._db().execute(
             "SELECT name, local_key_hash, count(*) FROM kc_input WHERE NOT new GROUP BY ALL").fetchall()
 
-    def new_failures(self, chunks: list[tuple]) -> Iterator[Failure]:
-        for lo, hi, _ in chunks:
+    def new_failures(self) -> Iterator[Failure]:
+        for lo, hi, _ in self._read_chunks("new"):
             # A chunk at a time, whole: the consumer writes to the same connection between rows.
             rows = self._db().execute(
                 f"SELECT i.path, i.name, i.seq, {self._TEXT}, i.started FROM kc_input i {self._TEXT_JOIN} "
@@ -400,8 +408,8 @@ class DuckDBClusterTables(ClusterTables):
                     *(column.to_pylist() for column in batch.columns)):
                 yield hashed, name, failures, flaky, first_seen, last_seen, (started, path, seq), jobs, recent, older
 
-    def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
-        for lo, hi, _ in chunks:
+    def tokenized_texts(self) -> Iterator[tuple[str, str, int, str]]:
+        for lo, hi, _ in self._read_chunks("tokenize"):
             yield from self._db().execute(
                 f"SELECT i.name, i.local_key_hash, i.started // 86400, {self._TEXT} FROM kc_input i {self._TEXT_JOIN} "
                 "WHERE i.tokenize AND i.name BETWEEN $lo AND $hi ORDER BY 1, 2, 3", {"lo": lo, "hi": hi}).fetchall()
@@ -565,17 +573,21 @@ class BigQueryClusterTables(ClusterTables):
                    DENSE_RANK() OVER (ORDER BY f.name) AS test_no
             FROM f {join}""", window.params())
         self._input = self._table(self.INPUT)
-        counts = [tuple(r) for r in self._query(
-            f"SELECT test_no, count(*) FROM {self._table(self.INPUT)} GROUP BY test_no ORDER BY test_no")]
-        return _chunks(counts, BATCH_ROWS)
+        return next(iter(self._query(f"SELECT count(*) FROM {self._table(self.INPUT)}")))[0]
+
+    def _read_chunks(self, where: str) -> list[tuple]:
+        """Test numbers of the input in runs of about BATCH_ROWS rows that match `where`."""
+        return _chunks([tuple(r) for r in self._query(
+            f"SELECT test_no, count(*) FROM {self._input} WHERE {where} GROUP BY test_no ORDER BY test_no")],
+            BATCH_ROWS)
 
     def kept_keys(self) -> Iterator[tuple[str, str, int]]:
         yield from (tuple(r) for r in self._query(
             f"SELECT name, local_key_hash, count(*) FROM {self._table(self.INPUT)} WHERE NOT new GROUP BY 1, 2",
             page_size=BATCH_ROWS))
 
-    def new_failures(self, chunks: list[tuple]) -> Iterator[Failure]:
-        for lo, hi, _ in chunks:
+    def new_failures(self) -> Iterator[Failure]:
+        for lo, hi, _ in self._read_chunks("new"):
             for row in self._query(
                     f"""SELECT path, name, seq, failure_text, started FROM {self._table(self.INPUT)}
                         WHERE new AND test_no BETWEEN @lo AND @hi ORDER BY name, started, path, seq""",
@@ -695,8 +707,8 @@ class BigQueryClusterTables(ClusterTables):
             jobs = [{"builds": list(j["builds"]), "name": j["name"]} for j in jobs or []]
             yield hashed, name, failures, flaky, first_seen, last_seen, (started, path, seq), jobs, recent, older
 
-    def tokenized_texts(self, chunks: list[tuple]) -> Iterator[tuple[str, str, int, str]]:
-        for lo, hi, _ in chunks:
+    def tokenized_texts(self) -> Iterator[tuple[str, str, int, str]]:
+        for lo, hi, _ in self._read_chunks("tokenize"):
             yield from (tuple(r) for r in self._query(
                 f"""SELECT name, local_key_hash, DIV(started, 86400), failure_text FROM {self._input}
                     WHERE tokenize AND test_no BETWEEN @lo AND @hi ORDER BY 1, 2, 3""",
