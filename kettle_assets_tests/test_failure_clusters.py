@@ -93,7 +93,8 @@ def test_normalize_name_and_spans():
 
 
 def test_ngram_counts_and_id_follow_the_crc32_definition():
-    for text in ("", "abc", "abcd", "panic: boom\n\tat x.go:12", "ünïcödé text here", "x" * 300):
+    every_ascii = _random_text(3, "".join(map(chr, range(128))), 2000)
+    for text in ("", "abc", "abcd", "panic: boom\n\tat x.go:12", "ünïcödé text here", "x" * 300, every_ascii):
         expected = [0] * 64
         for i in range(len(text) - 3):
             expected[zlib.crc32(text[i:i + 4].encode()) & 63] += 1

@@ -192,9 +192,8 @@ class KeyIndex:
         viable = np.nonzero((bounds <= limits) & (limits > 1) & (np.abs(lengths - size) < limits))[0]
         if incumbent is not None:
             incumbent_order = (self._bound(text, incumbent), self.keys[incumbent])
-        order = sorted(viable.tolist(), key=lambda i: (int(bounds[i]), self.keys[candidates[i]]))
         checks = 0
-        for i in order:
+        for i in self._by_bound_then_key(viable, bounds, candidates):
             key = self.keys[candidates[i]]
             if incumbent is not None and (int(bounds[i]), key) >= incumbent_order:
                 break
@@ -206,6 +205,18 @@ class KeyIndex:
             if Levenshtein.distance(text, key, score_cutoff=limit - 1) < limit:
                 return int(candidates[i]), False
         return None, False
+
+    def _by_bound_then_key(self, viable: np.ndarray, bounds: np.ndarray, candidates: np.ndarray) -> Iterator[int]:
+        """`viable` in (lower bound, key) order, the keys of one bound sorted only when the search
+        gets to them (it usually stops at the first few)."""
+        viable_bounds = bounds[viable]
+        order = np.argsort(viable_bounds, kind="stable")
+        ordered = viable_bounds[order]
+        start = 0
+        while start < len(order):
+            end = int(np.searchsorted(ordered, ordered[start], side="right"))
+            yield from sorted(viable[order[start:end]].tolist(), key=lambda i: self.keys[candidates[i]])
+            start = end
 
     def _fill_histograms(self, indexes: np.ndarray) -> None:
         for i in indexes[~self._has_hist[indexes]].tolist():

@@ -83,37 +83,40 @@ def normalize_name(name: str) -> str:
     return _SPACES.sub(" ", _NAME_TAGS.sub("", name)).strip()
 
 
-def _crc_table() -> np.ndarray:
-    """zlib's CRC-32 byte table (reflected polynomial 0xEDB88320)."""
-    table = np.zeros(256, dtype=np.uint32)
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
-        table[byte] = crc
-    return table
+def _bucket_tables() -> tuple[np.ndarray, int]:
+    """CRC-32 is affine in its input for a fixed length: crc(w) = crc(0000) ^ T0[w0] ^ T1[w1] ^
+    T2[w2] ^ T3[w3], where Tk[x] = crc(x at position k, zeros elsewhere) ^ crc(0000). Only the
+    low 6 bits are kept, so the tables are bytes."""
+    zero = zlib.crc32(bytes(4))
+    tables = np.zeros((4, 256), dtype=np.uint8)
+    for position in range(4):
+        for byte in range(256):
+            window = bytearray(4)
+            window[position] = byte
+            tables[position, byte] = (zlib.crc32(bytes(window)) ^ zero) & (NGRAM_BUCKETS - 1)
+    return tables, zero & (NGRAM_BUCKETS - 1)
 
 
-_CRC = _crc_table()
+_BUCKETS, _BUCKET_OF_ZEROS = _bucket_tables()
 
 
 def ngram_counts(text: str) -> np.ndarray:
     """Histogram of crc32(each 4-character window) & 63: 64 counts (int32).
 
-    ASCII text (nearly all of it) is hashed with numpy, four table steps over every window at
-    once; other text falls back to zlib per window (a window is 4 characters, UTF-8 encoded).
+    ASCII text (nearly all of it) is hashed with numpy, every window at once through the byte
+    tables; other text falls back to zlib per window (a window is 4 characters, UTF-8 encoded).
     """
-    counts = np.zeros(NGRAM_BUCKETS, dtype=np.int32)
     windows = len(text) - 3
     if windows <= 0:
-        return counts
+        return np.zeros(NGRAM_BUCKETS, dtype=np.int32)
     if text.isascii():
         data = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-        crc = np.full(windows, 0xFFFFFFFF, dtype=np.uint32)
-        for offset in range(4):
-            crc = _CRC[(crc ^ data[offset : offset + windows]) & 0xFF] ^ (crc >> 8)
-        crc ^= 0xFFFFFFFF
-        return np.bincount(crc & (NGRAM_BUCKETS - 1), minlength=NGRAM_BUCKETS).astype(np.int32)
+        buckets = _BUCKETS[0][data[:windows]]
+        for position in (1, 2, 3):
+            buckets ^= _BUCKETS[position][data[position : position + windows]]
+        buckets ^= _BUCKET_OF_ZEROS
+        return np.bincount(buckets, minlength=NGRAM_BUCKETS).astype(np.int32)
+    counts = np.zeros(NGRAM_BUCKETS, dtype=np.int32)
     for start in range(windows):
         counts[zlib.crc32(text[start : start + 4].encode("utf-8")) & (NGRAM_BUCKETS - 1)] += 1
     return counts
