@@ -247,7 +247,7 @@ def test_describe_orders_tests_and_picks_the_owner_by_recent_builds_then_older()
         7, 1, 10, 90)
     # the test with the most failures, ties by name; then its first failure
     assert tallies["h1"].representative() == ("gs://b/1", "[sig-old] many", 0)
-    shown = {h: Shown(t.representative(), "text", b"[4]") for h, t in tallies.items()}
+    shown = {h: Shown(t.representative(), "text", b"[4]", b"") for h, t in tallies.items()}
     summary = describe(tallies, {"h1": ("key one", "id1"), "h2": ("key two", "id2")}, shown)
     first, second = summary.clusters
     assert [t["name"] for t in json.loads(dumps(first["tests"]))] == ["[sig-old] many", "unowned",

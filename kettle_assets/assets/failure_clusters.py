@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 
 from ..core.clustering import ClusterOptions, Failure, cluster_stream
 from ..core.triage_output import (
-    OWNER_RECENT_SECONDS, BuildColumns, ClusterSummary, GroupTokens, Shown, describe, dumps, failure_data, group_tokens,
-    key_hash, slices, tally)
+    OWNER_RECENT_SECONDS, BuildColumns, ClusterSummary, GroupTokens, Shown, common_digest, describe, dumps,
+    failure_data, group_tokens, key_hash, slices, tally)
 from ..core.triage_output import shown as shown_as
 from ..core.triage_text import cluster_id, ngram_counts, span_tokens
 from ..resources.cluster_tables import (
@@ -105,6 +105,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     window = Window(last_day - timedelta(days=config.window_days - 1), last_day, tuple(sorted(config.excluded_jobs)))
     fingerprint = json.dumps({"rules": options.rules, "max_distance_checks": options.max_distance_checks,
                               "excluded": window.excluded_jobs})
+    steps = _Steps()
     previous = None
     if not config.full and staging.read_marker(OPTIONS_MARKER) == fingerprint:
         previous = tables.previous()
@@ -112,8 +113,10 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     local_by_hash, previous_global, known_hashes, known_ids = previous or ({}, {}, {}, {})
     del previous
     state = _State(staging, staging.read_marker(STATE_MARKER) if incremental else None)
+    steps.mark("previous run's keys and state")
     # Without the last run's state, the kept failures' texts are needed to count their tokens.
     failures_total = tables.stage(window, with_previous=incremental, all_texts=not state.valid)
+    steps.mark("staging the window")
     unnamed = tables.unnamed_failures(window)
     if unnamed:
         context.log.warning(f"failure_clusters: {unnamed} failed tests without a name in the window, left out")
@@ -129,6 +132,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
                                 on_key=assigned.add)
     assigned.close()
     del previous_global, kept
+    steps.mark("clustering new failures")
     keymap, keys = _keymap(clustering, known_hashes, known_ids)
     del known_hashes, known_ids
     tables.set_keys(keymap)
@@ -138,6 +142,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
                        clustering.bound_hits)
     del keymap, clustering
     clustered_seconds = time.monotonic() - started
+    steps.mark("key map")
 
     started = time.monotonic()
     groups = state.compare(tables.group_counts())
@@ -145,17 +150,23 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     if needy.num_rows:
         tables.tokenize_groups(needy)
         groups = state.compare(tables.group_counts())
+    steps.mark("groups")
     builds = tables.builds(window)
+    steps.mark("builds")
     tallies = tally(tables.tally_rows(builds.latest - OWNER_RECENT_SECONDS))
+    steps.mark("counting clusters")
     changed = groups.changed_clusters() | {h for h, t in tallies.items() if state.shown_as(h) != t.representative()}
     commons = state.common_tokens(groups, tables.tokenized_texts(), changed)
-    shown = _shown(tables, tallies, commons, state)
+    steps.mark("common tokens")
+    shown, reshown = _shown(tables, tallies, commons, state)
+    steps.mark("cluster texts")
     del commons
     state.shown.clear()  # the old texts of the clusters described again
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
     summary = describe(tallies, keys, shown, owners)
     summary_seconds = time.monotonic() - started
     described = len(changed & tallies.keys())
+    steps.mark("describing")
     token = state.write(shown)
     del tallies, shown
 
@@ -169,11 +180,13 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     clusters_table = _with_timestamps(clusters_table, ["first_seen", "last_seen"])
     tables.replace(clusters_table)
     tables.close()  # the warehouse's memory back before the JSON is rendered
+    steps.mark("writing tables")
     staging.write_marker(OPTIONS_MARKER, fingerprint)
     staging.write_marker(STATE_MARKER, token)
     started = time.monotonic()
     sizes = write_triage_files(staging.export_dir / "triage", summary, builds)
     render_seconds = time.monotonic() - started
+    steps.mark("writing JSON")
 
     flaky = sum(c["flaky_failures"] for c in summary.clusters)
     context.log.info(
@@ -192,6 +205,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
             "clusters": len(summary.clusters),
             "clusters_in_triage": sum(1 for c in summary.clusters if c["failures"] > 1),
             "clusters_described": described,
+            "clusters_texts_worked_out": reshown,
             "flaky_failures": flaky,
             "skipped_unnamed_failures": unnamed,
             "distance_checks": counted.distance_checks,
@@ -200,6 +214,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
             "clustering_seconds": round(clustered_seconds, 2),
             "summary_seconds": round(summary_seconds, 2),
             "render_seconds": round(render_seconds, 2),
+            "step_seconds": dg.MetadataValue.json(steps.seconds),
             "tokenized_failures": groups.tokenized,
             "groups_read_again": needy.num_rows,
             **sizes,
@@ -213,20 +228,40 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     )
 
 
-def _shown(tables: ClusterTables, tallies: dict, commons: dict[str, set[str]], state: "_State") -> dict[str, Shown]:
-    """How each cluster is shown: worked out for those with common tokens (the changed ones),
-    their representative failures' texts read in one go; the last run's for the others."""
-    representatives = {h: tallies[h].representative() for h in commons}
+def _shown(tables: ClusterTables, tallies: dict, commons: dict[str, set[str]], state: "_State"
+           ) -> tuple[dict[str, Shown], int]:
+    """How each cluster is shown, and for how many it was worked out. The clusters with common
+    tokens (the changed ones) keep the last run's when their representative failure and common
+    tokens are the same; the others' texts are read in one go and their spans worked out."""
+    representatives, digests = {}, {}
+    for hashed, common in commons.items():
+        failure, digest = tallies[hashed].representative(), common_digest(common)
+        before = state.shown.get(hashed)
+        if before is None or before.failure != failure or before.common != digest:
+            representatives[hashed], digests[hashed] = failure, digest
     texts = tables.failure_texts(pa.table(
         [list(c) for c in zip(*representatives.values())] if representatives else [[], [], []], schema=IDS_SCHEMA))
     shown = {}
     for hashed in tallies:
         if hashed in representatives:
             text = texts[representatives[hashed]]
-            shown[hashed] = shown_as(representatives[hashed], text, commons[hashed])
+            shown[hashed] = shown_as(representatives[hashed], text, commons[hashed], digests[hashed])
         else:
             shown[hashed] = state.shown[hashed]
-    return shown
+    return shown, len(representatives)
+
+
+class _Steps:
+    """Seconds each step of a run took, in order."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds[step] = round(self.seconds.get(step, 0) + now - self._last, 2)
+        self._last = now
 
 
 class _Counted(NamedTuple):
@@ -432,7 +467,7 @@ class _State:
     GROUPS = pa.schema([("test", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int64()),
                         ("failures", pa.int64()), ("key_hash", pa.string()), ("tokens", pa.binary())])
     SHOWN = pa.schema([("key_hash", pa.string()), ("path", pa.string()), ("name", pa.string()), ("seq", pa.int64()),
-                       ("text", pa.string()), ("spans", pa.binary())])
+                       ("text", pa.string()), ("spans", pa.binary()), ("common", pa.binary())])
 
     def __init__(self, staging: StagingStore, expected_token: str | None):
         folder = staging.root / "failure_clusters"
@@ -452,9 +487,12 @@ class _State:
                                     ).replace_schema_metadata(None)
         self.previous_tokens = _PreviousTokens(self.groups_path)
         shown = pq.read_table(self.shown_path)
-        for hashed, path, name, seq, text, spans in zip(*(c.to_pylist() for c in shown.columns)):
+        if "common" not in shown.column_names:  # written before the digests were kept
+            shown = shown.append_column("common", pa.array([b""] * shown.num_rows, pa.binary()))
+        for hashed, path, name, seq, text, spans, common in zip(
+                *(shown[f.name].to_pylist() for f in self.SHOWN)):
             # Re-serialised: the bytes go into the output as they are, so they must be orjson's.
-            self.shown[hashed] = Shown((path, name, seq), text, orjson.dumps(orjson.loads(spans)))
+            self.shown[hashed] = Shown((path, name, seq), text, orjson.dumps(orjson.loads(spans)), common)
 
     @property
     def valid(self) -> bool:
@@ -483,7 +521,7 @@ class _State:
         ordered = sorted(shown.items())
         columns = [[h for h, _ in ordered], [s.failure[0] for _, s in ordered], [s.failure[1] for _, s in ordered],
                    [s.failure[2] for _, s in ordered], [s.text for _, s in ordered],
-                   [s.spans for _, s in ordered]]
+                   [s.spans for _, s in ordered], [s.common for _, s in ordered]]
         _write_parquet(self.shown_path, pa.table(columns, schema=self.SHOWN.with_metadata({"token": self.token})))
         os.replace(self._groups_written, self.groups_path)
         return self.token

@@ -5,6 +5,7 @@ slices by id prefix and by owner, and one row per cluster / per cluster and day 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Collection, Iterable, Iterator, NamedTuple
@@ -73,10 +74,17 @@ class Shown:
     failure: tuple[str, str, int]  # (build path, test, ordinal)
     text: str
     spans: bytes  # JSON list of the alternating span lengths
+    common: bytes  # `common_digest` of the tokens the spans were worked out from
 
 
-def shown(failure: tuple[str, str, int], text: str, common: set[str]) -> Shown:
-    return Shown(failure, text, orjson.dumps(common_spans(text, common)))
+def common_digest(common: set[str]) -> bytes:
+    """A digest of a set of tokens: the same failure with the same digest has the same spans."""
+    return hashlib.sha1(json.dumps(sorted(common)).encode()).digest()
+
+
+def shown(failure: tuple[str, str, int], text: str, common: set[str], digest: bytes | None = None) -> Shown:
+    return Shown(failure, text, orjson.dumps(common_spans(text, common)),
+                 common_digest(common) if digest is None else digest)
 
 
 @dataclass
