@@ -452,13 +452,13 @@ class DuckDBClusterTables(ClusterTables):
             db.execute(f"""CREATE OR REPLACE TABLE {FAILURES} AS
                 SELECT k.key_hash, k.cluster_id, i.path, i.job, i.number, i.name, i.seq,
                        make_timestamp(i.started * 1000000) AS started, i.flaky, i.local_key_hash
-                FROM {self._KEYED} ORDER BY i.name, i.started, i.path, i.seq""")
+                FROM {self._KEYED}""")  # unsorted: sorting 1,000,000 rows was 1.5 s of 2.3
             db.execute(f"CREATE OR REPLACE TABLE {DAYS} AS {DAYS_SELECT.format(failures=FAILURES)} ORDER BY key_hash, day")
             db.register("incoming", clusters)
             db.execute(f"CREATE OR REPLACE TABLE {CLUSTERS} AS SELECT * FROM incoming")
             db.unregister("incoming")
             db.execute(f"CREATE OR REPLACE TABLE {TEST_KEYS} AS "
-                       "SELECT name, local_key_hash, local_key, key_hash FROM kc_keys ORDER BY name, local_key")
+                       "SELECT name, local_key_hash, local_key, key_hash FROM kc_keys ORDER BY name, local_key_hash")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
