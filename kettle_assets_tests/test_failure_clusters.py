@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 from dagster_duckdb import DuckDBResource
 
@@ -489,6 +490,23 @@ def test_normalising_in_worker_processes_gives_the_same_clustering():
     one = cluster_stream(fs, workers=1)
     two = cluster_stream(fs, workers=2)
     assert list(two.local_ids) == list(one.local_ids) and two.global_key == one.global_key
+
+
+def test_tokenising_in_worker_processes_gives_the_same_output(tmp_path, monkeypatch):
+    results, builds = _five_days()
+    homes = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(failure_clusters_module, "PARALLEL_FROM", 1)
+        monkeypatch.setattr(failure_clusters_module, "TOKENIZE_CHUNK", 7)  # many chunks, some split mid-day
+        home = tmp_path / f"workers-{workers}"
+        home.mkdir()
+        meta = _materialize(*_home(home, results, builds), full=True, workers=workers)
+        assert meta["tokenized_failures"].value == len(results)
+        groups = pa.parquet.read_table(home / "staging" / "failure_clusters" / "groups.parquet")
+        tokens = [frozenset(json.loads(b)) for b in groups["tokens"].to_pylist()]
+        homes[workers] = (meta["failure_data_sha1"].value, groups.drop_columns(["tokens"]), tokens)
+    assert homes[1][0] == homes[2][0]
+    assert homes[1][1].equals(homes[2][1]) and homes[1][2] == homes[2][2]
 
 
 def test_a_window_without_failures_gives_no_clusters(tmp_path):

@@ -13,7 +13,11 @@ import json
 import os
 import time
 import uuid
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date, timedelta
+from itertools import groupby
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
@@ -28,7 +32,7 @@ from ..core.triage_output import (
     OWNER_RECENT_SECONDS, BuildColumns, ClusterSummary, GroupTokens, Shown, common_digest, describe, dumps,
     failure_data, group_tokens, key_hash, slices, tally)
 from ..core.triage_output import shown as shown_as
-from ..core.triage_text import cluster_id, ngram_counts, span_tokens
+from ..core.triage_text import cluster_id, common_tokens, common_tokens_json, ngram_counts
 from ..resources.cluster_tables import (
     ASSIGNED_SCHEMA, CLUSTERS, DAYS, FAILURES, GROUPS_SCHEMA, IDS_SCHEMA, KEYMAP_SCHEMA, TEST_KEYS, ClusterTables,
     Window, cluster_tables)
@@ -41,7 +45,7 @@ from .links import report_link
 
 OPTIONS_MARKER = "failure_clusters.options"
 STATE_MARKER = "failure_clusters.state"  # the token of the state files the tables go with
-PARALLEL_FROM = 20_000  # failures in the window from which normalising is worth worker processes
+PARALLEL_FROM = 20_000  # texts from which normalising or tokenising is worth worker processes
 
 
 class FailureClustersConfig(dg.Config):
@@ -51,7 +55,7 @@ class FailureClustersConfig(dg.Config):
     rules: str = "python"  # normalisation rules: python (triage's default) or go (its later ones)
     max_distance_checks: int = 1000  # exact edit distances per text before it founds its own cluster
     full: bool = False  # cluster the whole window from scratch
-    workers: int = 2  # processes normalising text when there are many failures (the result is the same)
+    workers: int = 2  # processes normalising and tokenising text when there is much of it (same result)
     owners_file: Optional[str] = None  # JSON {sig: [test name prefixes]}, as triage's --owners
 
 
@@ -156,7 +160,8 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     tallies = tally(tables.tally_rows(builds.latest - OWNER_RECENT_SECONDS))
     steps.mark("counting clusters")
     changed = groups.changed_clusters() | {h for h, t in tallies.items() if state.shown_as(h) != t.representative()}
-    commons = state.common_tokens(groups, tables.tokenized_texts(), changed)
+    commons = state.common_tokens(groups, tables.tokenized_texts(), changed,
+                                  config.workers if groups.tokenized >= PARALLEL_FROM else 1)
     steps.mark("common tokens")
     shown, reshown = _shown(tables, tallies, commons, state)
     steps.mark("cluster texts")
@@ -372,20 +377,21 @@ class _Groups:
             yield from zip(*(column.to_pylist() for column in batch.columns))
 
     def common_tokens(self, texts: Iterator[tuple[str, str, int, str]], clusters: set[str],
-                      previous: "_PreviousTokens | None", keep: "_GroupsWriter") -> dict[str, set[str]]:
+                      previous: "_PreviousTokens | None", keep: "_GroupsWriter", workers: int = 1
+                      ) -> dict[str, set[str]]:
         """Each cluster of `clusters` with the tokens all its failures have; every group's tokens
-        (as JSON) are handed to `keep` for the next run, unchanged ones as they were."""
+        (as JSON) are handed to `keep` for the next run, unchanged ones as they were. The texts
+        are tokenised in `workers` processes when there are more than one (same result)."""
         commons: dict[str, set[str]] = {}
-        texts = iter(texts)
-        pending = next(texts, None)
+        streamed_groups = _streamed_commons(texts, workers)
+        pending = next(streamed_groups, None)
         for name, local_hash, day, hashed, count, tokenized_count, prior_row, prior_count in self._rows():
-            streamed = None
-            for _ in range(tokenized_count):
-                if pending is None or pending[:3] != (name, local_hash, day):
+            streamed = streamed_blob = None
+            if tokenized_count:
+                if pending is None or pending[0] != ((name, local_hash, day), tokenized_count):
                     raise RuntimeError(f"texts of group ({name!r}, {local_hash}, {day}) out of order")
-                tokens = span_tokens(pending[3])
-                streamed = set(tokens) if streamed is None else streamed.intersection(tokens)
-                pending = next(texts, None)
+                _, streamed, streamed_blob = pending
+                pending = next(streamed_groups, None)
             blob = previous.blob(prior_row) if tokenized_count < count and prior_row is not None else None
             if tokenized_count == 0 and hashed not in clusters:
                 keep.add(blob)  # unchanged: the previous run's tokens, kept as they are
@@ -394,13 +400,56 @@ class _Groups:
             if blob is not None:
                 kept = GroupTokens(name, local_hash, day, prior_count, hashed, orjson.loads(blob))
             tokens = group_tokens(count, tokenized_count, streamed, kept)
-            keep.add(blob if tokenized_count == 0 else orjson.dumps(list(tokens)))
+            if tokenized_count == 0:
+                keep.add(blob)
+            else:
+                keep.add(streamed_blob if tokenized_count == count else orjson.dumps(sorted(tokens)))
             if hashed in clusters:
                 common = commons.get(hashed)
                 commons[hashed] = set(tokens) if common is None else common.intersection(tokens)
         if pending is not None:
             raise RuntimeError("texts left over after the last group")
         return commons
+
+
+TOKENIZE_CHUNK = 2_000  # texts handed to a worker at a time
+
+
+def _streamed_commons(texts: Iterator[tuple[str, str, int, str]], workers: int
+                      ) -> Iterator[tuple[tuple, set[str], bytes]]:
+    """Per group of consecutive texts ((test, local key hash, day), text): ((group, its number of
+    texts), the tokens they all have, those tokens as JSON), in order. With workers > 1 the texts
+    are tokenised in a process pool a chunk of groups at a time, a few chunks ahead."""
+    grouped = ((key, [row[3] for row in rows]) for key, rows in groupby(texts, key=lambda row: row[:3]))
+    if workers <= 1:
+        for key, group in grouped:
+            tokens = common_tokens(group)
+            yield (key, len(group)), tokens, orjson.dumps(sorted(tokens))
+        return
+
+    def chunks() -> Iterator[list[tuple[tuple, list[str]]]]:
+        chunk, size = [], 0
+        for key, group in grouped:
+            chunk.append((key, group))
+            size += len(group)
+            if size >= TOKENIZE_CHUNK:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    def results(chunk, future):
+        for (key, group), blob in zip(chunk, future.result()):
+            yield (key, len(group)), set(orjson.loads(blob)), blob
+
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending: deque = deque()
+        for chunk in chunks():
+            pending.append((chunk, pool.submit(common_tokens_json, [group for _, group in chunk])))
+            if len(pending) > 2 * workers:
+                yield from results(*pending.popleft())
+        while pending:
+            yield from results(*pending.popleft())
 
 
 class _PreviousTokens:
@@ -505,12 +554,12 @@ class _State:
     def compare(self, counts: pa.Table) -> _Groups:
         return _Groups(counts, self.before)
 
-    def common_tokens(self, groups: _Groups, texts: Iterator[tuple[str, str, int, str]], clusters: set[str]
-                      ) -> dict[str, set[str]]:
+    def common_tokens(self, groups: _Groups, texts: Iterator[tuple[str, str, int, str]], clusters: set[str],
+                      workers: int = 1) -> dict[str, set[str]]:
         """`_Groups.common_tokens`, the groups written for the next run (put in place by `write`)."""
         writer = _GroupsWriter(self.groups_path, groups.counts, self.GROUPS.with_metadata({"token": self.token}))
         try:
-            commons = groups.common_tokens(texts, clusters, self.previous_tokens, writer)
+            commons = groups.common_tokens(texts, clusters, self.previous_tokens, writer, workers)
         except BaseException:
             writer.writer.close()
             raise

@@ -8,6 +8,7 @@ equal text; the histogram gives a cheap lower bound of the edit distance.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import zlib
 
@@ -129,6 +130,20 @@ def cluster_id(counts: np.ndarray) -> str:
 
 def span_tokens(text: str) -> list[str]:
     return _SPAN_TOKEN.findall(text)
+
+
+def common_tokens(texts: list[str]) -> set[str]:
+    """The tokens every one of `texts` has."""
+    common = set(span_tokens(texts[0]))
+    for text in texts[1:]:
+        common.intersection_update(span_tokens(text))
+    return common
+
+
+def common_tokens_json(groups: list[list[str]]) -> list[bytes]:
+    """`common_tokens` of each group of texts as a sorted JSON list (what a worker process returns:
+    a group's few distinct tokens cost less to send back than its texts' many)."""
+    return [json.dumps(sorted(common_tokens(texts))).encode() for texts in groups]
 
 
 def common_spans(first: str, common: set[str]) -> list[int]:
