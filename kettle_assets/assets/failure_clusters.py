@@ -13,11 +13,8 @@ import json
 import os
 import time
 import uuid
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from datetime import date, timedelta
 from itertools import groupby
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
@@ -28,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core.clustering import ClusterOptions, Failure, cluster_stream
+from ..core.parallel import map_in_order
 from ..core.triage_output import (
     OWNER_RECENT_SECONDS, BuildColumns, ClusterSummary, GroupTokens, Shown, common_digest, describe, dumps,
     failure_data, group_tokens, key_hash, slices, tally)
@@ -438,18 +436,9 @@ def _streamed_commons(texts: Iterator[tuple[str, str, int, str]], workers: int
         if chunk:
             yield chunk
 
-    def results(chunk, future):
-        for (key, group), blob in zip(chunk, future.result()):
+    for chunk, blobs in map_in_order(common_tokens_json, chunks(), lambda chunk: ([g for _, g in chunk],), workers):
+        for (key, group), blob in zip(chunk, blobs):
             yield (key, len(group)), set(orjson.loads(blob)), blob
-
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        pending: deque = deque()
-        for chunk in chunks():
-            pending.append((chunk, pool.submit(common_tokens_json, [group for _, group in chunk])))
-            if len(pending) > 2 * workers:
-                yield from results(*pending.popleft())
-        while pending:
-            yield from results(*pending.popleft())
 
 
 class _PreviousTokens:

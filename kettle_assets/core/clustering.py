@@ -14,16 +14,14 @@ against the global keys.
 from __future__ import annotations
 
 from array import array
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
-from multiprocessing import get_context
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from .parallel import map_in_order
 from .triage_text import NGRAM_BUCKETS, RULES, ngram_counts, normalize, normalize_all
 
 MATCH_FRACTION = 0.10
@@ -245,16 +243,9 @@ def _normalized(failures: Iterable[Failure], rules: str, workers: int) -> Iterat
         return
 
     stream = iter(failures)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        pending: deque = deque()
-        while chunk := list(islice(stream, NORMALIZE_CHUNK)):
-            pending.append((chunk, pool.submit(normalize_all, [f.text for f in chunk], rules)))
-            if len(pending) > 2 * workers:
-                chunk, future = pending.popleft()
-                yield from zip(chunk, future.result())
-        while pending:
-            chunk, future = pending.popleft()
-            yield from zip(chunk, future.result())
+    chunks = iter(lambda: list(islice(stream, NORMALIZE_CHUNK)), [])
+    for chunk, texts in map_in_order(normalize_all, chunks, lambda chunk: ([f.text for f in chunk], rules), workers):
+        yield from zip(chunk, texts)
 
 
 def cluster_stream(

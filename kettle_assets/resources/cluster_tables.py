@@ -217,14 +217,15 @@ class ClusterTables:
         # Each row comes with its own copy of its cluster's key (and a key is often also a local
         # key): one copy of each, as a run from scratch holds them.
         same: dict[str, str] = {}
-        for name, local_hash, local_key, cluster_key, cluster_hash, cluster_id in (row for batch in rows for row in batch):
+        for name, local_hash, local_key, cluster_key, cluster_hash, triage_id in (
+                row for batch in rows for row in batch):
             local_key = same.setdefault(local_key, local_key)
             cluster_key = same.setdefault(cluster_key, cluster_key)
             previous.local[(name, local_hash)] = local_key
             previous.cluster[(name, local_key)] = cluster_key
             previous.hashes[local_key] = local_hash
             previous.hashes[cluster_key] = cluster_hash
-            previous.ids[cluster_key] = cluster_id
+            previous.ids[cluster_key] = triage_id
         return previous
 
     def _previous_rows(self) -> Iterator[list[tuple]] | None:
