@@ -478,6 +478,27 @@ def test_failures_leaving_mid_window_have_their_groups_read_again(tmp_path):
     assert meta["failures"].value == len(results) - 3
 
 
+def test_spans_are_kept_only_with_the_same_common_tokens_and_older_state_files_still_work(tmp_path):
+    results, builds = _five_days()
+    last = max(r[3] for r in results).date()
+    warehouse, staging = _home(tmp_path, [r for r in results if r[3].date() < last], builds)
+    _materialize(warehouse, staging, full=True)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+        conn.executemany("INSERT INTO test_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [r for r in results if r[3].date() == last])
+    # The same state as a version before the digests wrote it: no `common` column, same token.
+    shutil.copytree(tmp_path, tmp_path / "older", ignore=shutil.ignore_patterns("older"))
+    shown_path = tmp_path / "older" / "staging" / "failure_clusters" / "shown.parquet"
+    shown = pa.parquet.read_table(shown_path)
+    pa.parquet.write_table(shown.drop_columns(["common"]).replace_schema_metadata(shown.schema.metadata), shown_path)
+    meta = _materialize(warehouse, staging)
+    older = _materialize(*_home_at(tmp_path / "older"))
+    assert meta["mode"].value == older["mode"].value == "incremental"
+    assert 0 < meta["clusters_texts_worked_out"].value < meta["clusters_described"].value
+    assert older["clusters_texts_worked_out"].value == older["clusters_described"].value
+    assert older["failure_data_sha1"].value == meta["failure_data_sha1"].value
+
+
 def test_without_test_results_the_asset_says_so_and_succeeds(tmp_path):
     warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(tmp_path / "warehouse.duckdb")))
     meta = _materialize(warehouse, StagingStore(home=str(tmp_path)))
