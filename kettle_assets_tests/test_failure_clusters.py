@@ -6,7 +6,10 @@ import importlib.util
 import json
 import random
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import zlib
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -528,6 +531,48 @@ def test_tokenising_in_worker_processes_gives_the_same_output(tmp_path, monkeypa
         homes[workers] = (meta["failure_data_sha1"].value, groups.drop_columns(["tokens"]), tokens)
     assert homes[1][0] == homes[2][0]
     assert homes[1][1].equals(homes[2][1]) and homes[1][2] == homes[2][2]
+
+
+_KILLED_PARENT = """
+import multiprocessing, os, signal
+from kettle_assets.core.parallel import map_in_order
+from kettle_assets.core.triage_text import normalize_all
+
+def chunks():
+    while True:
+        yield ["panic: boom at 0x1234"] * 2000
+
+if __name__ == "__main__":
+    for _ in map_in_order(normalize_all, chunks(), lambda chunk: (chunk, "python"), 2):
+        print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # an exited orphan not yet reaped is not running
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the worker processes")
+def test_worker_processes_exit_when_their_parent_is_killed(tmp_path):
+    script = tmp_path / "killed_parent.py"
+    script.write_text(_KILLED_PARENT)
+    # Not subprocess.run: workers left behind would hold its output open.
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in process.stdout.readline().split()]
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        process.stdout.close()
+    assert len(workers) == 2
+    deadline = time.monotonic() + 15
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in workers)
 
 
 def test_a_window_without_failures_gives_no_clusters(tmp_path):
