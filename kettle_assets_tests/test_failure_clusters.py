@@ -575,6 +575,113 @@ def test_worker_processes_exit_when_their_parent_is_killed(tmp_path):
     assert not any(_running(pid) for pid in workers)
 
 
+_KILLED_RUN = """
+import os, signal, sys
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from kettle_assets.assets import failure_clusters as module
+from kettle_assets.project import Settings, settings_resource
+from kettle_assets.resources import cluster_tables
+from kettle_assets.resources.staging import StagingStore
+from kettle_assets.resources.warehouse import DuckDBWarehouse
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after(original):
+    def call(*args, **kwargs):
+        original(*args, **kwargs)
+        die()
+    return call
+
+
+class DyingConnection:  # dies at the statement after the failures table, inside the tables' transaction
+    def __init__(self, conn):
+        self._conn = conn
+
+    def execute(self, sql, *args):
+        if sql.startswith("CREATE OR REPLACE TABLE failure_cluster_days"):
+            die()
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+if __name__ == "__main__":
+    home, buckets, point = sys.argv[1:4]
+    if point == "state written":
+        module._State.write = after(module._State.write)
+    elif point == "tables half replaced":
+        opened = cluster_tables.DuckDBClusterTables._db
+        cluster_tables.DuckDBClusterTables._db = lambda self: DyingConnection(opened(self))
+    elif point == "tables replaced":
+        StagingStore.write_marker = after(StagingStore.write_marker)
+    resources = {"warehouse": DuckDBWarehouse(duckdb=DuckDBResource(database=home + "/warehouse.duckdb")),
+                 "staging": StagingStore(home=home), "settings": settings_resource(Settings(buckets_file=buckets))}
+    dg.materialize([module.failure_clusters], resources=resources, instance=dg.DagsterInstance.ephemeral())
+"""
+
+
+@pytest.fixture(scope="module")
+def before_a_day(tmp_path_factory):
+    """A home clustered up to a day that is now in test_results, and what an uninterrupted
+    incremental run of it gives: (home, failure_data sha1, slices, failure_clusters rows)."""
+    corpus = _corpus_module().generate(3_000, days=3, seed=3, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
+    results, builds = [], {}
+    for f in corpus:
+        when = datetime.fromtimestamp(f.started, tz=timezone.utc).replace(tzinfo=None)
+        results.append((f.path, f.job, f.number, when, when, None, "c", f.test, 1.0, True, f.text))
+        builds[f.path] = (f.path, f.job, f.number, when, when, 60.0, 5, 1, "FAILURE", "prow")
+    last = max(r[3] for r in results).date()
+    home = tmp_path_factory.mktemp("before-a-day")
+    warehouse, staging = _home(home, [r for r in results if r[3].date() < last], list(builds.values()))
+    _materialize(warehouse, staging, full=True)
+    with duckdb.connect(str(home / "warehouse.duckdb")) as conn:
+        conn.executemany("INSERT INTO test_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [r for r in results if r[3].date() == last])
+    reference = tmp_path_factory.mktemp("uninterrupted") / "home"
+    shutil.copytree(home, reference)
+    meta = _materialize(*_home_at(reference))
+    assert meta["mode"].value == "incremental"
+    return home, meta["failure_data_sha1"].value, _slices(reference), _cluster_rows(reference)
+
+
+def _slices(home: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (home / "export" / "triage" / "slices").iterdir()}
+
+
+def _cluster_rows(home: Path) -> list[tuple]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        return conn.execute("SELECT * FROM failure_clusters ORDER BY key_hash").fetchall()
+
+
+@pytest.mark.parametrize("point", ["state written", "tables half replaced", "tables replaced"])
+def test_a_run_killed_at_any_point_of_its_writes_leaves_nothing_the_next_run_trips_on(tmp_path, before_a_day, point):
+    """SIGKILL of a real run after it wrote the state files for the next run, in the middle of
+    the tables' transaction, and after the tables but before the markers: the next run gives the
+    bytes and tables an uninterrupted run gives."""
+    template, sha1, slices, rows = before_a_day
+    home = tmp_path / "home"
+    shutil.copytree(template, home)
+    script = tmp_path / "killed_run.py"
+    script.write_text(_KILLED_RUN)
+    done = subprocess.run([sys.executable, str(script), str(home), str(BUCKETS), point],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    # killed where meant: the tables are the last run's until their transaction committed
+    assert _cluster_rows(home) == (rows if point == "tables replaced" else _cluster_rows(template))
+    again = _materialize(*_home_at(home))
+    assert again["mode"].value == "incremental"
+    # the state files the killed run wrote do not go with the tables: every text is read again
+    assert again["tokenized_failures"].value == again["failures"].value
+    assert again["failure_data_sha1"].value == sha1
+    assert _slices(home) == slices
+    assert _cluster_rows(home) == rows
+
+
 def test_a_window_without_failures_gives_no_clusters(tmp_path):
     warehouse, staging = _hand_made(tmp_path)
     meta = _materialize(warehouse, staging, last_day="2020-01-01")
