@@ -395,7 +395,12 @@ def test_a_failure_is_flaky_only_where_the_test_passed_at_the_same_job_and_known
 
 def _five_days() -> tuple[list[tuple], list[tuple]]:
     """A generated 500-failure, 5-day history: test_results rows and their builds."""
-    corpus = _corpus_module().generate(500, days=5, seed=11, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
+    return _generated(500, days=5, seed=11)
+
+
+def _generated(failures: int, days: int, seed: int) -> tuple[list[tuple], list[tuple]]:
+    """A generated history: test_results rows and their builds."""
+    corpus = _corpus_module().generate(failures, days=days, seed=seed, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
     results, builds = [], {}
     for f in corpus:
         when = datetime.fromtimestamp(f.started, tz=timezone.utc).replace(tzinfo=None)
@@ -629,15 +634,10 @@ if __name__ == "__main__":
 def before_a_day(tmp_path_factory):
     """A home clustered up to a day that is now in test_results, and what an uninterrupted
     incremental run of it gives: (home, failure_data sha1, slices, failure_clusters rows)."""
-    corpus = _corpus_module().generate(3_000, days=3, seed=3, start=datetime(2026, 11, 16, tzinfo=timezone.utc))
-    results, builds = [], {}
-    for f in corpus:
-        when = datetime.fromtimestamp(f.started, tz=timezone.utc).replace(tzinfo=None)
-        results.append((f.path, f.job, f.number, when, when, None, "c", f.test, 1.0, True, f.text))
-        builds[f.path] = (f.path, f.job, f.number, when, when, 60.0, 5, 1, "FAILURE", "prow")
+    results, builds = _generated(3_000, days=3, seed=3)
     last = max(r[3] for r in results).date()
     home = tmp_path_factory.mktemp("before-a-day")
-    warehouse, staging = _home(home, [r for r in results if r[3].date() < last], list(builds.values()))
+    warehouse, staging = _home(home, [r for r in results if r[3].date() < last], builds)
     _materialize(warehouse, staging, full=True)
     with duckdb.connect(str(home / "warehouse.duckdb")) as conn:
         conn.executemany("INSERT INTO test_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
