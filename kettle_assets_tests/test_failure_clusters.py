@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet  # noqa: F401  (pa.parquet)
+import pyarrow.parquet as pq
 import pytest
 from dagster_duckdb import DuckDBResource
 
@@ -497,8 +497,8 @@ def test_spans_are_kept_only_with_the_same_common_tokens_and_older_state_files_s
     # The same state as a version before the digests wrote it: no `common` column, same token.
     shutil.copytree(tmp_path, tmp_path / "older", ignore=shutil.ignore_patterns("older"))
     shown_path = tmp_path / "older" / "staging" / "failure_clusters" / "shown.parquet"
-    shown = pa.parquet.read_table(shown_path)
-    pa.parquet.write_table(shown.drop_columns(["common"]).replace_schema_metadata(shown.schema.metadata), shown_path)
+    shown = pq.read_table(shown_path)
+    pq.write_table(shown.drop_columns(["common"]).replace_schema_metadata(shown.schema.metadata), shown_path)
     meta = _materialize(warehouse, staging)
     older = _materialize(*_home_at(tmp_path / "older"))
     assert meta["mode"].value == older["mode"].value == "incremental"
@@ -531,7 +531,7 @@ def test_tokenising_in_worker_processes_gives_the_same_output(tmp_path, monkeypa
         home.mkdir()
         meta = _materialize(*_home(home, results, builds), full=True, workers=workers)
         assert meta["tokenized_failures"].value == len(results)
-        groups = pa.parquet.read_table(home / "staging" / "failure_clusters" / "groups.parquet")
+        groups = pq.read_table(home / "staging" / "failure_clusters" / "groups.parquet")
         tokens = [frozenset(json.loads(b)) for b in groups["tokens"].to_pylist()]
         homes[workers] = (meta["failure_data_sha1"].value, groups.drop_columns(["tokens"]), tokens)
     assert homes[1][0] == homes[2][0]
