@@ -375,6 +375,27 @@ def test_failure_data_json_has_triage_exact_shape(tmp_path):
         assert conn.execute("SELECT count(*) FROM failure_cluster_failures").fetchone()[0] == 4
 
 
+def test_the_owner_is_the_sig_with_most_builds_in_the_last_day_counted_by_the_warehouse(tmp_path):
+    logs, colon_job = "gs://k/logs/" + JOB, "pr:kubernetes-e2e"
+    text = "timeout waiting for the same thing"
+    results = [
+        # three older builds of [sig-old]; build 3 ran twice (another path, the same number): one build
+        *(_row(f"{logs}/{n}", JOB, n, -3, "[sig-old] T1", True, text) for n in (1, 2, 3)),
+        _row(f"{logs}-again/3", JOB, 3, -3, "[sig-old] T1", True, text),
+        # one build of [sig-new] in the day before the latest build
+        _row(f"{logs}/10", JOB, 10, 0, "[sig-new] T2", True, text),
+        # many recent builds of a job with ':' in its name: not counted for owners
+        *(_row(f"gs://k/logs/{colon_job}/{n}", colon_job, n, 0, "[sig-colon] T3", True, text) for n in (5, 6, 7)),
+    ]
+    builds = [_build(r[0], r[1], r[2], -3 if r[2] <= 3 else 0) for r in results]
+    warehouse, staging = _home(tmp_path, results, builds)
+    _materialize(warehouse, staging)
+    data = json.loads((tmp_path / "export" / "triage" / "failure_data.json").read_text())
+    (cluster,) = data["clustered"]
+    assert cluster["owner"] == "new"
+    assert cluster["tests"][0] == {"name": "[sig-old] T1", "jobs": [{"name": JOB, "builds": ["3", "2", "1"]}]}
+
+
 def test_a_failure_is_flaky_only_where_the_test_passed_at_the_same_job_and_known_commit(tmp_path):
     logs = "gs://k/logs/" + JOB
     results = [

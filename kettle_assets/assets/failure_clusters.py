@@ -30,7 +30,7 @@ from ..core.triage_output import (
     OWNER_RECENT_SECONDS, BuildColumns, ClusterSummary, GroupTokens, Shown, common_digest, describe, dumps,
     failure_data, group_tokens, key_hash, slices, tally)
 from ..core.triage_output import shown as shown_as
-from ..core.triage_text import cluster_id, common_tokens, common_tokens_json, ngram_counts
+from ..core.triage_text import cluster_id, common_tokens, common_tokens_json, ngram_counts, tokens_json
 from ..resources.cluster_tables import (
     ASSIGNED_SCHEMA, CLUSTERS, DAYS, FAILURES, GROUPS_SCHEMA, IDS_SCHEMA, KEYMAP_SCHEMA, TEST_KEYS, ClusterTables,
     Window, cluster_tables)
@@ -128,7 +128,6 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     del local_by_hash
     workers = config.workers if failures_total >= PARALLEL_FROM else 1
 
-    started = time.monotonic()
     assigned = _Assigned(tables)
     clustering = cluster_stream(tables.new_failures(), previous_global, options, workers, kept=kept,
                                 on_key=assigned.add)
@@ -143,10 +142,8 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     counted = _Counted(clustering.new_failures, clustering.kept_failures, clustering.distance_checks,
                        clustering.bound_hits)
     del keymap, clustering
-    clustered_seconds = time.monotonic() - started
     steps.mark("key map")
 
-    started = time.monotonic()
     groups = state.compare(tables.group_counts())
     needy = groups.needy()
     if needy.num_rows:
@@ -167,7 +164,6 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     state.shown.clear()  # the old texts of the clusters described again
     owners = json.loads(Path(config.owners_file).read_text()) if config.owners_file else None
     summary = describe(tallies, keys, shown, owners)
-    summary_seconds = time.monotonic() - started
     described = len(changed & tallies.keys())
     steps.mark("describing")
     token = state.write(shown)
@@ -186,9 +182,7 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
     steps.mark("writing tables")
     staging.write_marker(OPTIONS_MARKER, fingerprint)
     staging.write_marker(STATE_MARKER, token)
-    started = time.monotonic()
     sizes = write_triage_files(staging.export_dir / "triage", summary, builds)
-    render_seconds = time.monotonic() - started
     steps.mark("writing JSON")
 
     flaky = sum(c["flaky_failures"] for c in summary.clusters)
@@ -214,9 +208,9 @@ def _run(context, config: FailureClustersConfig, staging: StagingStore, tables: 
             "distance_checks": counted.distance_checks,
             "bound_hits": counted.bound_hits,
             "max_distance_checks": options.max_distance_checks,
-            "clustering_seconds": round(clustered_seconds, 2),
-            "summary_seconds": round(summary_seconds, 2),
-            "render_seconds": round(render_seconds, 2),
+            "clustering_seconds": steps.total(CLUSTERING_STEPS),
+            "summary_seconds": steps.total(SUMMARY_STEPS),
+            "render_seconds": steps.total(["writing JSON"]),
             "step_seconds": dg.MetadataValue.json(steps.seconds),
             "tokenized_failures": groups.tokenized,
             "groups_read_again": needy.num_rows,
@@ -265,6 +259,14 @@ class _Steps:
         now = time.monotonic()
         self.seconds[step] = round(self.seconds.get(step, 0) + now - self._last, 2)
         self._last = now
+
+    def total(self, steps: list[str]) -> float:
+        return round(sum(self.seconds.get(step, 0) for step in steps), 2)
+
+
+# The steps the metadata's clustering_seconds and summary_seconds add up.
+CLUSTERING_STEPS = ["clustering new failures", "key map"]
+SUMMARY_STEPS = ["groups", "builds", "counting clusters", "common tokens", "cluster texts", "describing"]
 
 
 class _Counted(NamedTuple):
@@ -401,7 +403,7 @@ class _Groups:
             if tokenized_count == 0:
                 keep.add(blob)
             else:
-                keep.add(streamed_blob if tokenized_count == count else orjson.dumps(sorted(tokens)))
+                keep.add(streamed_blob if tokenized_count == count else tokens_json(tokens))
             if hashed in clusters:
                 common = commons.get(hashed)
                 commons[hashed] = set(tokens) if common is None else common.intersection(tokens)
@@ -422,7 +424,7 @@ def _streamed_commons(texts: Iterator[tuple[str, str, int, str]], workers: int
     if workers <= 1:
         for key, group in grouped:
             tokens = common_tokens(group)
-            yield (key, len(group)), tokens, orjson.dumps(sorted(tokens))
+            yield (key, len(group)), tokens, tokens_json(tokens)
         return
 
     def chunks() -> Iterator[list[tuple[tuple, list[str]]]]:

@@ -5,7 +5,6 @@ slices by id prefix and by owner, and one row per cluster / per cluster and day 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Collection, Iterable, Iterator, NamedTuple
@@ -15,7 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .triage_text import common_spans, normalize_name
+from .triage_text import common_spans, normalize_name, tokens_json
 
 SIG_LABEL = re.compile(r"\[sig-([^]]*)\]")
 DEFAULT_OWNER = "testing"
@@ -79,7 +78,7 @@ class Shown:
 
 def common_digest(common: set[str]) -> bytes:
     """A digest of a set of tokens: the same failure with the same digest has the same spans."""
-    return hashlib.sha1(json.dumps(sorted(common)).encode()).digest()
+    return hashlib.sha1(tokens_json(common)).digest()
 
 
 def shown(failure: tuple[str, str, int], text: str, common: set[str], digest: bytes | None = None) -> Shown:
@@ -205,9 +204,8 @@ class BuildColumns:
     of BUILD_FIELDS in (job, number, path) order."""
 
     def __init__(self, table: pa.Table):
-        started = pc.fill_null(table["started"], 0)
         table = table.filter(pc.and_(pc.and_(pc.is_valid(table["number"]), pc.is_valid(table["job"])),
-                                     pc.not_equal(started, 0)))
+                                     pc.not_equal(pc.fill_null(table["started"], 0), 0)))
         self.latest = pc.max(table["started"]).as_py() or 0  # the start of the latest numbered build
         self._blocks: dict[str, _JobBlock] = {}
         if not table.num_rows:
@@ -234,11 +232,11 @@ class BuildColumns:
             block_numbers = numbers[lasts]
             offsets = lasts - start
             count = len(lasts)
-            dense = (int(block_numbers[-1]) == int(block_numbers[0]) + count - 1 and count == end - start)
+            dense = int(block_numbers[-1]) == int(block_numbers[0]) + count - 1 and count == end - start
             path = folders[n]
             self._blocks[job] = _JobBlock(
                 end - start, {c: orjson.dumps(values[c][start:end])[1:-1] for c in BUILD_COLUMNS},
-                [str(n) for n in block_numbers.tolist()], offsets,
+                [str(number) for number in block_numbers.tolist()], offsets,
                 [int(block_numbers[0]), count] if dense else None, path[: path.rindex("/")])
 
     def render(self, jobs: Iterable[str] | None = None) -> dict:

@@ -140,10 +140,15 @@ def common_tokens(texts: list[str]) -> set[str]:
     return common
 
 
+def tokens_json(tokens: set[str]) -> bytes:
+    """A set of tokens as a sorted JSON list: the same set, the same bytes."""
+    return json.dumps(sorted(tokens)).encode()
+
+
 def common_tokens_json(groups: list[list[str]]) -> list[bytes]:
-    """`common_tokens` of each group of texts as a sorted JSON list (what a worker process returns:
-    a group's few distinct tokens cost less to send back than its texts' many)."""
-    return [json.dumps(sorted(common_tokens(texts))).encode() for texts in groups]
+    """`tokens_json` of each group's `common_tokens` (what a worker process returns: a group's few
+    distinct tokens cost less to send back than its texts' many)."""
+    return [tokens_json(common_tokens(texts)) for texts in groups]
 
 
 def common_spans(first: str, common: set[str]) -> list[int]:
