@@ -46,6 +46,9 @@ STAGE_ROWS = 250_000
 # DuckDB cannot spill a sort whose rows carry long failure texts: a run raises the warehouse's
 # lower limit to this for as long as its connection is open.
 SORTED_TEXT_MEMORY_LIMIT = "256MB"
+# The warehouse's statements use one thread; a run's are the only work while they run (its worker
+# processes wait), so they get two: 17.7 -> 13.0 s of statements at 1,000,000 failures.
+RUN_THREADS = 2
 
 # Columns (DuckDB types) of the tables; `failure_cluster_failures` and `failure_cluster_days` are made
 # from the input by SQL.
@@ -289,6 +292,7 @@ class DuckDBClusterTables(ClusterTables):
             self._session = self.warehouse.duckdb.get_connection()
             self._conn = self._session.__enter__()
             self._conn.execute(f"SET memory_limit = '{SORTED_TEXT_MEMORY_LIMIT}'")
+            self._conn.execute(f"SET threads = {RUN_THREADS}")
             self._conn.execute("SET enable_progress_bar = false")  # its bars would land in the run's stdout
         return self._conn
 
