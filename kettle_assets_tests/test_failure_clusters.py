@@ -23,6 +23,8 @@ from dagster_duckdb import DuckDBResource
 
 from kettle_assets.assets import failure_clusters as failure_clusters_module
 from kettle_assets.assets.failure_clusters import failure_clusters
+from kettle_assets.core import clustering as clustering_module
+from kettle_assets.core import triage_text
 from kettle_assets.core.clustering import (
     ClusterOptions, Failure, Previous, cluster_failures, cluster_stream, failure_order, pairwise_agreement)
 from kettle_assets.core.triage_output import BUILD_FIELDS, BuildColumns, Shown, describe, dumps, tally
@@ -89,6 +91,33 @@ def test_normalize_long_text_drops_repeated_lines_then_truncates():
     out = normalize(long)
     assert len(out) == 10_000 + len("\n...[truncated]...\n")
     assert out.startswith("line 0\n") and out.endswith("line 2999\n") and "\n...[truncated]...\n" in out
+
+
+_NORMALIZE_PIECES = [
+    "Mon, 02 Jan 2006 15:04:05 -0700", "Dec  4 01:02:03.5", "2026-12-04T12:00:01.5Z", " 2026 12:00:01", "12:3",
+    "0x", "0xc0ffee", "10.0.0.7:8080", "10.0.0.7", "6ba7b810-9dad-11d1-80b4-00c04fd430c8-7", "0123456789abcdef01",
+    "minion-group-", "default-pool-", "ab12-cd", "map[", "]", "b:2 ", "a:1", "\n", "\r", "\t", "\x0b", "\x0c", " ",
+    "  ", "-", ".", ":", ",", "Z", "x", "_", "9", "line\n", "same\nsame\n",
+]
+
+
+def test_normalize_on_pcre2_matches_python_re_on_the_text_it_is_used_for():
+    rng = random.Random(11)
+    for n in range(2000):
+        text = "".join(rng.choice(_NORMALIZE_PIECES) for _ in range(rng.randint(1, 60)))
+        if n % 100 == 0:
+            text = text * 300  # long: repeated lines dropped, then truncated
+        for rules in ("python", "go"):
+            assert triage_text._normalize(text, rules, triage_text._FAST) == triage_text._normalize(
+                text, rules, triage_text._RE), (text, rules)
+
+
+def test_normalize_keeps_python_re_where_pcre2_would_differ():
+    # re counts \x1c-\x1f as white space, PCRE2 does not; beyond ASCII, re's classes are the rule
+    assert triage_text._normalize("Dec\x1c 4 01:02:03", "python", triage_text._FAST) == "Dec\x1c 4 01:02:03"
+    assert normalize("Dec\x1c 4 01:02:03") == "TIME"
+    for text in ("Dec ٤ 01:02:03", "ﬁle at Dec  4 01:02:03 ½ 0xff", "Dec\u2028 4 01:02:03"):
+        assert normalize(text) == triage_text._normalize(text, "python", triage_text._RE)
 
 
 def test_normalize_name_and_spans():
@@ -534,12 +563,24 @@ def test_without_test_results_the_asset_says_so_and_succeeds(tmp_path):
     assert meta["missing_input"].value == "test_results" and meta["failures"].value == 0
 
 
-def test_normalising_in_worker_processes_gives_the_same_clustering():
+def test_clustering_tests_in_worker_processes_gives_the_same_clustering(monkeypatch):
     corpus = _corpus_module().generate(3000, days=2, seed=5)
     fs = sorted((Failure((f.path, f.test, 0), f.test, f.path, f.text, f.started) for f in corpus), key=failure_order)
-    one = cluster_stream(fs, workers=1)
-    two = cluster_stream(fs, workers=2)
-    assert list(two.local_ids) == list(one.local_ids) and two.global_key == one.global_key
+    split = sorted(f.started for f in fs)[len(fs) // 2]
+    before = cluster_stream([f for f in fs if f.started < split])
+    kept: dict[str, dict[str, int]] = {}
+    for local_id in before.local_ids:
+        test, key = before.local_keys[local_id]
+        kept.setdefault(test, {})[key] = kept.get(test, {}).get(key, 0) + 1
+    later = [f for f in fs if f.started >= split]
+    monkeypatch.setattr(clustering_module, "CLUSTER_CHUNK", 50)  # many chunks in flight
+    one = cluster_stream(later, before.global_key, workers=1, kept=kept)
+    two = cluster_stream(later, before.global_key, workers=2, kept=kept)
+    assert one.kept_failures == len(fs) - len(later) and one.new_failures == len(later)
+    assert one.distance_checks > 0
+    assert list(two.local_ids) == list(one.local_ids) and two.local_keys == one.local_keys
+    assert two.global_key == one.global_key
+    assert (two.distance_checks, two.bound_hits) == (one.distance_checks, one.bound_hits)
 
 
 def test_tokenising_in_worker_processes_gives_the_same_output(tmp_path, monkeypatch):
@@ -562,14 +603,14 @@ def test_tokenising_in_worker_processes_gives_the_same_output(tmp_path, monkeypa
 _KILLED_PARENT = """
 import multiprocessing, os, signal
 from kettle_assets.core.parallel import map_in_order
-from kettle_assets.core.triage_text import normalize_all
+from kettle_assets.core.clustering import ClusterOptions, cluster_tests
 
 def chunks():
     while True:
-        yield ["panic: boom at 0x1234"] * 2000
+        yield [([], ["panic: boom at 0x1234"] * 2000)]
 
 if __name__ == "__main__":
-    for _ in map_in_order(normalize_all, chunks(), lambda chunk: (chunk, "python"), 2):
+    for _ in map_in_order(cluster_tests, chunks(), lambda chunk: (chunk, ClusterOptions()), 2):
         print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 """

@@ -11,14 +11,16 @@ import hashlib
 import json
 import re
 import zlib
+from typing import NamedTuple
 
 import numpy as np
+import pcre2
 
 NGRAM_BUCKETS = 64
 LONG_TEXT = 10_000
 TRUNCATED = "\n...[truncated]...\n"
 
-_DATE = re.compile(
+_DATE = (
     r"[A-Z][a-z]{2}, \d+ \w+ 2\d{3} [\d.-: ]*([-+]\d+)?"
     r"|\w{3}\s+\d{1,2} \d+:\d+:\d+(\.\d+)?"
     r"|(\d{4}-\d\d-\d\d.|.\d{4} )\d\d:\d\d:\d\d(.\d+)?"
@@ -32,51 +34,75 @@ _NOISE_COMMON = (
 # The Python rules rename only the node suffix; the Go rules (no look-behind there) rename the
 # whole node name, and split map items on single spaces instead of runs of whitespace.
 _NOISE = {
-    "python": re.compile(_NOISE_COMMON + r"|(?<=minion-group-|default-pool-)[-0-9a-z]{4,}"),
-    "go": re.compile(_NOISE_COMMON + r"|(minion-group-|default-pool-)[-0-9a-z]{4,}"),
+    "python": _NOISE_COMMON + r"|(?<=minion-group-|default-pool-)[-0-9a-z]{4,}",
+    "go": _NOISE_COMMON + r"|(minion-group-|default-pool-)[-0-9a-z]{4,}",
 }
 RULES = tuple(_NOISE)
-_MAP = re.compile(r"map\[([^][]*)\]")
-_REPEATED_LINES = re.compile(r"(?m)^(.*\n)\1+")
+_MAP = r"map\[([^][]*)\]"
+_REPEATED_LINES = r"(?m)^(.*\n)\1+"
 _SPAN_TOKEN = re.compile(r"\w+|\W+")
 _NAME_TAGS = re.compile(r"\[.*?\]|{.*?\}")
 _SPACES = re.compile(r"\s+")
 
 
-def _sorted_map_python(match: re.Match) -> str:
-    return "map[" + " ".join(sorted(match.group(1).split())) + "]"
+class _Patterns(NamedTuple):
+    date: object
+    noise: dict[str, object]
+    map: object
+    repeated_lines: object
 
 
-def _sorted_map_go(match: re.Match) -> str:
-    return "map[" + " ".join(sorted(match.group(1).split(" "))) + "]"
+def _compiled(compile_pattern) -> _Patterns:
+    return _Patterns(compile_pattern(_DATE), {rules: compile_pattern(p) for rules, p in _NOISE.items()},
+                     compile_pattern(_MAP), compile_pattern(_REPEATED_LINES))
+
+
+def _pcre2(pattern: str):
+    compiled = pcre2.compile("(*LF)" + pattern)  # `.` and `^` know only \n as a line end, as in `re`
+    compiled.jit_compile()
+    return compiled
+
+
+# Python's `re` defines the rules; PCRE2's JIT runs them 3-6 times faster and matches exactly the
+# same on text of ASCII characters other than \x1c-\x1f (which `re` counts as white space and
+# PCRE2 does not): the text all the generated and most real failures are.
+_RE = _compiled(re.compile)
+_FAST = _compiled(_pcre2)
+_NOT_FAST = re.compile(r"[^\x00-\x1b\x20-\x7f]")
 
 
 def normalize(text: str, rules: str = "python") -> str:
     """The text with its run-to-run noise replaced: TIME for dates, UNIQn for each distinct noise."""
-    noise = _NOISE[rules]
-    text = _DATE.sub("TIME", text)
+    return _normalize(text, rules, _RE if _NOT_FAST.search(text) else _FAST)
+
+
+def _normalize(text: str, rules: str, patterns: _Patterns) -> str:
+    text = patterns.date.sub("TIME", text)
     if "map[" in text:
-        text = _MAP.sub(_sorted_map_python if rules == "python" else _sorted_map_go, text)
+        text = patterns.map.sub(_sorted_map_python if rules == "python" else _sorted_map_go, text)
     names: dict[str, str] = {}
 
-    def rename(match: re.Match) -> str:
+    def rename(match) -> str:
         found = match.group(0)
         name = names.get(found)
         if name is None:
             name = names[found] = f"UNIQ{len(names) + 1}"
         return name
 
-    text = noise.sub(rename, text)
+    text = patterns.noise[rules].sub(rename, text)
     if len(text) > LONG_TEXT:
-        text = _REPEATED_LINES.sub(r"\1", text)
+        text = patterns.repeated_lines.sub(r"\1", text)
     if len(text) > LONG_TEXT:
         text = text[: LONG_TEXT // 2] + TRUNCATED + text[-LONG_TEXT // 2 :]
     return text
 
 
-def normalize_all(texts: list[str], rules: str = "python") -> list[str]:
-    """`normalize` over a batch (what a worker process is given)."""
-    return [normalize(text, rules) for text in texts]
+def _sorted_map_python(match) -> str:
+    return "map[" + " ".join(sorted(match.group(1).split())) + "]"
+
+
+def _sorted_map_go(match) -> str:
+    return "map[" + " ".join(sorted(match.group(1).split(" "))) + "]"
 
 
 def normalize_name(name: str) -> str:
@@ -166,3 +192,4 @@ def common_spans(first: str, common: set[str]) -> list[int]:
     if run:
         spans.append(run)
     return spans
+
