@@ -14,7 +14,7 @@ against the global keys.
 from __future__ import annotations
 
 from array import array
-from itertools import islice
+from itertools import groupby
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Iterator, NamedTuple
 
@@ -22,7 +22,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from .parallel import map_in_order
-from .triage_text import NGRAM_BUCKETS, RULES, ngram_counts, normalize, normalize_all
+from .triage_text import NGRAM_BUCKETS, RULES, ngram_counts, normalize
 
 MATCH_FRACTION = 0.10
 GLOBAL_ORDERS = ("first_seen", "size")
@@ -231,21 +231,71 @@ def failure_order(failure: Failure) -> tuple:
     return (failure.test, failure.started, failure.build, str(failure.fid))
 
 
-NORMALIZE_CHUNK = 2000
+CLUSTER_CHUNK = 2000  # failures (of whole tests) handed to a worker at a time
 
 
-def _normalized(failures: Iterable[Failure], rules: str, workers: int) -> Iterator[tuple[Failure, str]]:
-    """(failure, normalised text) in stream order. With workers > 1 the texts are normalised in a
-    process pool a chunk at a time, a few chunks ahead, order kept."""
+class LocalKeys(NamedTuple):
+    """One test's local clustering: the keys its new failures founded, in order, and each new
+    failure's key as an index into its kept keys (sorted) followed by those founded."""
+
+    founded: list[str]
+    key_ids: array
+    distance_checks: int
+    bound_hits: int
+
+
+def cluster_tests(tests: list[tuple[list[str], list[str]]], options: ClusterOptions) -> list[LocalKeys]:
+    """Local clustering of whole tests, each given as (its kept keys, sorted; its new failures' raw
+    texts in stream order). A test's keys depend on nothing else, so tests can be clustered in
+    any process (what a worker is given)."""
+    done = []
+    for kept, texts in tests:
+        stats = Clustering()
+        index = KeyIndex(options, stats)
+        index.add_all(kept)
+        key_ids = array("i", (index.position[index.place(normalize(text, options.rules))] for text in texts))
+        done.append(LocalKeys(index.keys[len(kept):], key_ids, stats.distance_checks, stats.bound_hits))
+    return done
+
+
+def _by_test(failures: Iterable[Failure]) -> Iterator[tuple[str, list[Failure]]]:
+    """(test, its failures) of a stream grouped by test; a test that comes back is an error."""
+    done: set[str] = set()
+    for test, batch in groupby(failures, key=lambda failure: failure.test):
+        if test in done:
+            raise ValueError(f"failures must come grouped by test; {test!r} came back")
+        done.add(test)
+        yield test, list(batch)
+
+
+def _local_keys(failures: Iterable[Failure], kept: dict[str, dict[str, int]], options: ClusterOptions,
+                workers: int) -> Iterator[tuple[str, list[Failure], list[str], LocalKeys]]:
+    """(test, its new failures, its kept keys sorted, its `LocalKeys`) per test of the stream, in
+    order. With workers > 1 whole tests are clustered in a process pool a chunk at a time, a few
+    chunks ahead."""
+    tests = ((test, batch, sorted(kept.get(test, ()))) for test, batch in _by_test(failures))
     if workers <= 1:
-        for failure in failures:
-            yield failure, normalize(failure.text, rules)
+        for test, batch, keys in tests:
+            yield test, batch, keys, cluster_tests([(keys, [f.text for f in batch])], options)[0]
         return
 
-    stream = iter(failures)
-    chunks = iter(lambda: list(islice(stream, NORMALIZE_CHUNK)), [])
-    for chunk, texts in map_in_order(normalize_all, chunks, lambda chunk: ([f.text for f in chunk], rules), workers):
-        yield from zip(chunk, texts)
+    def chunks() -> Iterator[list[tuple[str, list[Failure], list[str]]]]:
+        chunk, size = [], 0
+        for item in tests:
+            chunk.append(item)
+            size += len(item[1])
+            if size >= CLUSTER_CHUNK:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    def arguments(chunk) -> tuple:
+        return [(keys, [f.text for f in batch]) for _, batch, keys in chunk], options
+
+    for chunk, results in map_in_order(cluster_tests, chunks(), arguments, workers):
+        for (test, batch, keys), local in zip(chunk, results):
+            yield test, batch, keys, local
 
 
 def cluster_stream(
@@ -259,10 +309,10 @@ def cluster_stream(
     `kept` holds what an earlier run decided and still stands: per test, its local keys that
     still have failures in the window (each with how many), whose global keys are in
     `previous_global`. Those failures are not streamed: they keep their keys, and a new failure
-    of the same test is matched against them first. Memory is the keys and one test's failures,
+    of the same test is matched against them first. Memory is the keys and a few tests' failures,
     not the window: each new failure's local key comes back as an index into `local_keys`, one int
     per failure in stream order, and is handed to `on_key` as its test is done. `workers` > 1
-    normalises in that many processes (same result).
+    clusters tests (their local level) in that many processes (same result).
     """
     previous_global = previous_global or {}
     kept = kept or {}
@@ -277,39 +327,24 @@ def cluster_stream(
             local_sizes[(test, key)] = size
             result.kept_failures += size
 
-    def flush(test: str, batch: list[Failure]) -> None:
-        if test in done:
-            raise ValueError(f"failures must come grouped by test; {test!r} came back")
+    for test, batch, kept_keys, local in _local_keys(failures, kept, options, workers):
         done.add(test)
-        index = KeyIndex(options, result)
-        ids: dict[str, int] = {}
-        index.add_all(sorted(kept.get(test, ())))
-        for key in index.keys:
-            ids[key] = len(result.local_keys)
-            result.local_keys.append((test, key))
-        for failure in batch:
-            key = index.place(failure.text)
-            local = (test, key)
-            if key not in ids:  # a test's new keys are all founded in its one batch
-                local_sizes[local] = 0
-                first_seen[local] = (failure.started, failure.build)
-                ids[key] = len(result.local_keys)
-                result.local_keys.append(local)
-            local_sizes[local] += 1
-            result.local_ids.append(ids[key])
+        keys = kept_keys + local.founded
+        start = len(result.local_keys)
+        result.local_keys.extend((test, key) for key in keys)
+        result.distance_checks += local.distance_checks
+        result.bound_hits += local.bound_hits
+        for failure, key_id in zip(batch, local.key_ids):
+            key = keys[key_id]
+            if key_id >= len(kept_keys):
+                if (test, key) not in first_seen:  # a test's new keys are all founded in its one batch
+                    local_sizes[(test, key)] = 0
+                    first_seen[(test, key)] = (failure.started, failure.build)
+            local_sizes[(test, key)] += 1
+            result.local_ids.append(start + key_id)
             if on_key is not None:
                 on_key(failure, key)
-
-    test, batch = None, []
-    for failure, text in _normalized(failures, options.rules, workers):
-        if failure.test != test:
-            if batch:
-                flush(test, batch)
-            test, batch = failure.test, []
-        result.new_failures += 1
-        batch.append(failure._replace(text=text))
-    if batch:
-        flush(test, batch)
+        result.new_failures += len(batch)
     for name, keys in kept.items():
         if name not in done:
             result.local_keys.extend((name, key) for key in sorted(keys))
