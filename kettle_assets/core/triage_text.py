@@ -14,6 +14,7 @@ import zlib
 from typing import NamedTuple
 
 import numpy as np
+import orjson
 import pcre2
 
 NGRAM_BUCKETS = 64
@@ -168,7 +169,11 @@ def common_tokens(texts: list[str]) -> set[str]:
 
 def tokens_json(tokens: set[str]) -> bytes:
     """A set of tokens as a sorted JSON list: the same set, the same bytes."""
-    return json.dumps(sorted(tokens)).encode()
+    ordered = sorted(tokens)
+    try:
+        return orjson.dumps(ordered)
+    except orjson.JSONEncodeError:  # a lone surrogate, which only the standard library writes
+        return json.dumps(ordered).encode()
 
 
 def common_tokens_json(groups: list[list[str]]) -> list[bytes]:
