@@ -324,11 +324,12 @@ def _keymap(clustering, known_hashes: dict[str, str], known_ids: dict[str, str]
 
 
 class _Groups:
-    """This run's groups (test key and UTC day) beside the last run's: which must have all their
-    texts tokenised, which clusters changed, and each group's common tokens."""
+    """This run's groups (cluster and UTC day) beside the last run's: which must have all their
+    texts tokenised, which clusters changed, and each group's common tokens. A kept failure keeps
+    its cluster, so a group's failures that are not new were all in the same group last run."""
 
     def __init__(self, counts: pa.Table, before: pa.Table | None):
-        # counts: name, local_key_hash, day, key_hash, failures, tokenized (group order)
+        # counts: key_hash, day, failures, tokenized (group order)
         self.counts = counts
         self.tokenized = pc.sum(counts["tokenized"]).as_py() or 0
         self.before = before  # the last run's groups without their tokens, or None
@@ -336,16 +337,14 @@ class _Groups:
             self.previous_row = pa.nulls(counts.num_rows, pa.int64())
             self.vanished: set[str] = set()
             return
-        prior = before.select(["test", "local_key_hash", "day", "key_hash"]).rename_columns(
-            ["name", "local_key_hash", "day", "prior_key_hash"]).append_column(
+        prior = before.select(["key_hash", "day"]).append_column(
             "prior_row", pa.array(range(before.num_rows), pa.int64()))
-        here = counts.select(["name", "local_key_hash", "day"]).append_column(
-            "row", pa.array(range(counts.num_rows), pa.int64()))
-        joined = here.join(prior, ["name", "local_key_hash", "day"], join_type="full outer")
+        here = counts.select(["key_hash", "day"]).append_column("row", pa.array(range(counts.num_rows), pa.int64()))
+        joined = here.join(prior, ["key_hash", "day"], join_type="full outer")
         matched = joined.filter(pc.is_valid(joined["row"])).sort_by("row")
         self.previous_row = matched["prior_row"].combine_chunks()
         gone = joined.filter(pc.is_null(joined["row"]))
-        self.vanished = set(gone["prior_key_hash"].to_pylist())
+        self.vanished = set(gone["key_hash"].to_pylist())
 
     def _prior_failures(self) -> pa.Array:
         if self.before is None:
@@ -360,7 +359,7 @@ class _Groups:
         prior = self._prior_failures()
         needs = pc.and_(pc.greater(untokenized, 0),
                         pc.or_(pc.is_null(prior), pc.not_equal(untokenized, pc.fill_null(prior, -1))))
-        return self.counts.filter(needs).select(["name", "local_key_hash", "day"]).cast(GROUPS_SCHEMA)
+        return self.counts.filter(needs).select(["key_hash", "day"]).cast(GROUPS_SCHEMA)
 
     def changed_clusters(self) -> set[str]:
         """Clusters a group joined, left or changed in."""
@@ -371,12 +370,12 @@ class _Groups:
 
     def _rows(self) -> Iterator[tuple]:
         """Each group with its row in, and failures of, the last run, a batch of Python objects at a time."""
-        table = self.counts.select(["name", "local_key_hash", "day", "key_hash", "failures", "tokenized"]).append_column(
+        table = self.counts.select(["key_hash", "day", "failures", "tokenized"]).append_column(
             "prior_row", self.previous_row).append_column("prior_failures", self._prior_failures())
         for batch in table.to_batches(max_chunksize=10_000):
             yield from zip(*(column.to_pylist() for column in batch.columns))
 
-    def common_tokens(self, texts: Iterator[tuple[str, str, int, str]], clusters: set[str],
+    def common_tokens(self, texts: Iterator[tuple[str, int, str]], clusters: set[str],
                       previous: "_PreviousTokens | None", keep: "_GroupsWriter", workers: int = 1
                       ) -> dict[str, set[str]]:
         """Each cluster of `clusters` with the tokens all its failures have; every group's tokens
@@ -385,11 +384,11 @@ class _Groups:
         commons: dict[str, set[str]] = {}
         streamed_groups = _streamed_commons(texts, workers)
         pending = next(streamed_groups, None)
-        for name, local_hash, day, hashed, count, tokenized_count, prior_row, prior_count in self._rows():
+        for hashed, day, count, tokenized_count, prior_row, prior_count in self._rows():
             streamed = streamed_blob = None
             if tokenized_count:
-                if pending is None or pending[0] != ((name, local_hash, day), tokenized_count):
-                    raise RuntimeError(f"texts of group ({name!r}, {local_hash}, {day}) out of order")
+                if pending is None or pending[0] != ((hashed, day), tokenized_count):
+                    raise RuntimeError(f"texts of group ({hashed}, {day}) out of order")
                 _, streamed, streamed_blob = pending
                 pending = next(streamed_groups, None)
             blob = previous.blob(prior_row) if tokenized_count < count and prior_row is not None else None
@@ -398,7 +397,7 @@ class _Groups:
                 continue
             kept = None
             if blob is not None:
-                kept = GroupTokens(name, local_hash, day, prior_count, hashed, orjson.loads(blob))
+                kept = GroupTokens(hashed, day, prior_count, orjson.loads(blob))
             tokens = group_tokens(count, tokenized_count, streamed, kept)
             if tokenized_count == 0:
                 keep.add(blob)
@@ -415,12 +414,12 @@ class _Groups:
 TOKENIZE_CHUNK = 2_000  # texts handed to a worker at a time
 
 
-def _streamed_commons(texts: Iterator[tuple[str, str, int, str]], workers: int
+def _streamed_commons(texts: Iterator[tuple[str, int, str]], workers: int
                       ) -> Iterator[tuple[tuple, set[str], bytes]]:
-    """Per group of consecutive texts ((test, local key hash, day), text): ((group, its number of
+    """Per group of consecutive texts ((cluster key hash, day), text): ((group, its number of
     texts), the tokens they all have, those tokens as JSON), in order. With workers > 1 the texts
     are tokenised in a process pool a chunk of groups at a time, a few chunks ahead."""
-    grouped = ((key, [row[3] for row in rows]) for key, rows in groupby(texts, key=lambda row: row[:3]))
+    grouped = ((key, [row[2] for row in rows]) for key, rows in groupby(texts, key=lambda row: row[:2]))
     if workers <= 1:
         for key, group in grouped:
             tokens = common_tokens(group)
@@ -485,8 +484,7 @@ class _GroupsWriter:
         if self.blobs:
             part = self.counts.slice(self.written, len(self.blobs))
             self.writer.write_table(pa.table(
-                [part["name"], part["local_key_hash"], part["day"], part["failures"], part["key_hash"],
-                 pa.array(self.blobs, pa.binary())], schema=self.schema))
+                [part["key_hash"], part["day"], part["failures"], pa.array(self.blobs, pa.binary())], schema=self.schema))
             self.written += len(self.blobs)
             self.blobs = []
 
@@ -504,8 +502,8 @@ class _State:
     only by the run after the one that wrote them: their token must equal the marker written after
     the tables, so a run that crashed in between leaves files nobody reads."""
 
-    GROUPS = pa.schema([("test", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int64()),
-                        ("failures", pa.int64()), ("key_hash", pa.string()), ("tokens", pa.binary())])
+    GROUPS = pa.schema([("key_hash", pa.string()), ("day", pa.int64()), ("failures", pa.int64()),
+                        ("tokens", pa.binary())])
     SHOWN = pa.schema([("key_hash", pa.string()), ("path", pa.string()), ("name", pa.string()), ("seq", pa.int64()),
                        ("text", pa.string()), ("spans", pa.binary()), ("common", pa.binary())])
 
@@ -522,6 +520,8 @@ class _State:
         tokens = [(pq.read_schema(p).metadata or {}).get(b"token", b"").decode()
                   for p in (self.groups_path, self.shown_path)]
         if tokens != [expected_token, expected_token]:
+            return
+        if pq.read_schema(self.groups_path).names != self.GROUPS.names:  # groups by test key, before
             return
         self.before = pq.read_table(self.groups_path, columns=[f.name for f in self.GROUPS if f.name != "tokens"]
                                     ).replace_schema_metadata(None)
@@ -545,7 +545,7 @@ class _State:
     def compare(self, counts: pa.Table) -> _Groups:
         return _Groups(counts, self.before)
 
-    def common_tokens(self, groups: _Groups, texts: Iterator[tuple[str, str, int, str]], clusters: set[str],
+    def common_tokens(self, groups: _Groups, texts: Iterator[tuple[str, int, str]], clusters: set[str],
                       workers: int = 1) -> dict[str, set[str]]:
         """`_Groups.common_tokens`, the groups written for the next run (put in place by `write`)."""
         writer = _GroupsWriter(self.groups_path, groups.counts, self.GROUPS.with_metadata({"token": self.token}))

@@ -122,14 +122,11 @@ def describe(tallies: dict[str, ClusterTally], keys: dict[str, tuple[str, str]],
 
 
 class GroupTokens(NamedTuple):
-    """The tokens every failure of one test key on one UTC day has, how many failures that is,
-    and the cluster the test key belonged to."""
+    """The tokens every failure of one cluster on one UTC day has, and how many failures that is."""
 
-    test: str
-    local_key_hash: str
+    key_hash: str
     day: int  # days since 1970-01-01
     failures: int
-    key_hash: str
     tokens: Collection[str]  # in no particular order
 
 

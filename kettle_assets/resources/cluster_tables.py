@@ -66,10 +66,10 @@ COLUMNS = {
 }
 # Per cluster and day, from the failures; the same SQL in both warehouses.
 DAYS_SELECT = """
-    SELECT key_hash, cluster_id, CAST(started AS DATE) AS day, count(*) AS failures,
+    SELECT key_hash, any_value(cluster_id) AS cluster_id, CAST(started AS DATE) AS day, count(*) AS failures,
            count(CASE WHEN flaky THEN 1 END) AS flaky_failures, count(DISTINCT path) AS builds,
            count(DISTINCT name) AS tests, count(DISTINCT job) AS jobs
-    FROM {failures} GROUP BY 1, 2, 3"""
+    FROM {failures} GROUP BY key_hash, day"""  # a cluster's id is a function of its key hash
 
 
 # Schemas of what a run hands the warehouse: the new failures' test keys, the key map (every test
@@ -78,7 +78,7 @@ ASSIGNED_SCHEMA = pa.schema([("path", pa.string()), ("name", pa.string()), ("seq
                              ("local_key_hash", pa.string())])
 KEYMAP_SCHEMA = pa.schema([("name", pa.string()), ("local_key_hash", pa.string()), ("local_key", pa.string()),
                            ("key_hash", pa.string()), ("cluster_id", pa.string())])
-GROUPS_SCHEMA = pa.schema([("name", pa.string()), ("local_key_hash", pa.string()), ("day", pa.int64())])
+GROUPS_SCHEMA = pa.schema([("key_hash", pa.string()), ("day", pa.int64())])
 IDS_SCHEMA = pa.schema([("path", pa.string()), ("name", pa.string()), ("seq", pa.int64())])
 
 
@@ -177,8 +177,8 @@ class ClusterTables:
         raise NotImplementedError
 
     def group_counts(self) -> pa.Table:
-        """Per test key and UTC day, in (test, local key hash, day) order: its cluster's key hash,
-        failures, and how many of them have their text in the input to tokenise."""
+        """Per cluster (key hash) and UTC day, in that order: failures, and how many of them have
+        their text in the input to tokenise."""
         raise NotImplementedError
 
     def tokenize_groups(self, groups: pa.Table) -> None:
@@ -193,9 +193,9 @@ class ClusterTables:
         `since` and not. A build number counts once per job, at its latest start."""
         raise NotImplementedError
 
-    def tokenized_texts(self) -> Iterator[tuple[str, str, int, str]]:
-        """(test, local key hash, day, text) of the failures to tokenise, grouped in group order,
-        read about BATCH_ROWS at a time."""
+    def tokenized_texts(self) -> Iterator[tuple[str, int, str]]:
+        """(cluster key hash, day, text) of the failures to tokenise, in group order, read about
+        BATCH_ROWS at a time."""
         raise NotImplementedError
 
     def failure_texts(self, ids: pa.Table) -> dict[tuple[str, str, int], str]:
@@ -280,7 +280,6 @@ class DuckDBClusterTables(ClusterTables):
     # The input holds no text: a failure's text is read by row id when it is needed.
     _TEXT = "coalesce(t.failure_text, '')"
     _TEXT_JOIN = "JOIN test_results t ON t.rowid = i.rid"
-    _KEYED = "kc_input i JOIN kc_keys k ON k.name = i.name AND k.local_key_hash = i.local_key_hash"
 
     def __init__(self, warehouse: DuckDBWarehouse):
         super().__init__(warehouse)
@@ -366,28 +365,34 @@ class DuckDBClusterTables(ClusterTables):
         db.register("incoming", keymap)
         db.execute("CREATE OR REPLACE TEMP TABLE kc_keys AS SELECT * FROM incoming")
         db.unregister("incoming")
-        db.execute("""UPDATE kc_input SET local_key_hash = a.local_key_hash FROM kc_assigned a
-                      WHERE kc_input.new AND a.path = kc_input.path AND a.name = kc_input.name
-                        AND a.seq = kc_input.seq""")
+        # Each failure's cluster joins the input once, for the counts, the texts to tokenise and the tables.
+        db.execute("""CREATE OR REPLACE TEMP TABLE kc_keyed AS
+            SELECT i.rid, i.path, i.name, i.seq, i.job, i.number, i.started, i.flaky,
+                   coalesce(i.local_key_hash, a.local_key_hash) AS local_key_hash, i.new, i.tokenize,
+                   k.key_hash, k.cluster_id
+            FROM kc_input i
+            LEFT JOIN kc_assigned a ON i.new AND a.path = i.path AND a.name = i.name AND a.seq = i.seq
+            JOIN kc_keys k ON k.name = i.name AND k.local_key_hash = coalesce(i.local_key_hash, a.local_key_hash)""")
+        db.execute("DROP TABLE kc_input")
+        db.execute("ALTER TABLE kc_keyed RENAME TO kc_input")
 
     def group_counts(self) -> pa.Table:
-        return self._db().sql(f"""
-            SELECT i.name, i.local_key_hash, i.started // 86400 AS day, any_value(k.key_hash) AS key_hash,
-                   count(*) AS failures, count(CASE WHEN i.tokenize THEN 1 END) AS tokenized
-            FROM {self._KEYED} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").to_arrow_table()
+        return self._db().sql("""
+            SELECT key_hash, started // 86400 AS day, count(*) AS failures,
+                   count(CASE WHEN tokenize THEN 1 END) AS tokenized
+            FROM kc_input GROUP BY 1, 2 ORDER BY 1, 2""").to_arrow_table()
 
     def tokenize_groups(self, groups: pa.Table) -> None:
         db = self._db()
         db.register("incoming", groups)
         db.execute("""UPDATE kc_input SET tokenize = TRUE FROM incoming g
-                      WHERE g.name = kc_input.name AND g.local_key_hash = kc_input.local_key_hash
-                        AND g.day = kc_input.started // 86400""")
+                      WHERE g.key_hash = kc_input.key_hash AND g.day = kc_input.started // 86400""")
         db.unregister("incoming")
 
     def tally_rows(self, since: int) -> Iterator[tuple]:
         reader = self._db().sql(f"""
             WITH f AS (
-                SELECT k.key_hash, i.name, i.path, i.job, i.number, i.started, i.flaky, i.seq FROM {self._KEYED}
+                SELECT key_hash, name, path, job, number, started, flaky, seq FROM kc_input
             ), numbered AS (
                 SELECT key_hash, name, job, number, max(started) AS started FROM f WHERE number IS NOT NULL GROUP BY ALL
             ), per_job AS (
@@ -413,11 +418,15 @@ class DuckDBClusterTables(ClusterTables):
                     *(column.to_pylist() for column in batch.columns)):
                 yield hashed, name, failures, flaky, first_seen, last_seen, (started, path, seq), jobs, recent, older
 
-    def tokenized_texts(self) -> Iterator[tuple[str, str, int, str]]:
-        for lo, hi, _ in self._read_chunks("tokenize"):
+    def tokenized_texts(self) -> Iterator[tuple[str, int, str]]:
+        db = self._db()
+        db.execute("""CREATE OR REPLACE TEMP TABLE kc_tokenize AS
+                       SELECT rid, key_hash, started // 86400 AS day FROM kc_input WHERE tokenize""")
+        counts = db.execute("SELECT key_hash, count(*) FROM kc_tokenize GROUP BY 1 ORDER BY 1").fetchall()
+        for lo, hi, _ in _chunks(counts, BATCH_ROWS):
             yield from self._db().execute(
-                f"SELECT i.name, i.local_key_hash, i.started // 86400, {self._TEXT} FROM kc_input i {self._TEXT_JOIN} "
-                "WHERE i.tokenize AND i.name BETWEEN $lo AND $hi ORDER BY 1, 2, 3", {"lo": lo, "hi": hi}).fetchall()
+                f"SELECT i.key_hash, i.day, {self._TEXT} FROM kc_tokenize i {self._TEXT_JOIN} "
+                "WHERE i.key_hash BETWEEN $lo AND $hi ORDER BY 1, 2", {"lo": lo, "hi": hi}).fetchall()
 
     def failure_texts(self, ids: pa.Table) -> dict[tuple[str, str, int], str]:
         db = self._db()
@@ -455,9 +464,9 @@ class DuckDBClusterTables(ClusterTables):
         db.execute("BEGIN TRANSACTION")
         try:
             db.execute(f"""CREATE OR REPLACE TABLE {FAILURES} AS
-                SELECT k.key_hash, k.cluster_id, i.path, i.job, i.number, i.name, i.seq,
-                       make_timestamp(i.started * 1000000) AS started, i.flaky, i.local_key_hash
-                FROM {self._KEYED}""")  # unsorted: sorting 1,000,000 rows was 1.5 s of 2.3
+                SELECT key_hash, cluster_id, path, job, number, name, seq,
+                       make_timestamp(started * 1000000) AS started, flaky, local_key_hash
+                FROM kc_input""")  # unsorted: sorting 1,000,000 rows was 1.5 s of 2.3
             db.execute(f"CREATE OR REPLACE TABLE {DAYS} AS {DAYS_SELECT.format(failures=FAILURES)} ORDER BY key_hash, day")
             db.register("incoming", clusters)
             db.execute(f"CREATE OR REPLACE TABLE {CLUSTERS} AS SELECT * FROM incoming")
@@ -661,10 +670,9 @@ class BigQueryClusterTables(ClusterTables):
 
     def group_counts(self) -> pa.Table:
         rows = [tuple(r) for r in self._query(f"""
-            SELECT i.name, i.local_key_hash, DIV(i.started, 86400) AS day, ANY_VALUE(k.key_hash) AS key_hash,
-                   count(*) AS failures, COUNTIF(i.tokenize) AS tokenized
-            FROM {self._keyed} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", page_size=BATCH_ROWS)]
-        names = ["name", "local_key_hash", "day", "key_hash", "failures", "tokenized"]
+            SELECT k.key_hash, DIV(i.started, 86400) AS day, count(*) AS failures, COUNTIF(i.tokenize) AS tokenized
+            FROM {self._keyed} GROUP BY 1, 2 ORDER BY 1, 2""", page_size=BATCH_ROWS)]
+        names = ["key_hash", "day", "failures", "tokenized"]
         return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)},
                         schema=pa.schema([(n, pa.int64() if n in ("day", "failures", "tokenized") else pa.string())
                                           for n in names]))
@@ -676,8 +684,9 @@ class BigQueryClusterTables(ClusterTables):
             CREATE OR REPLACE TABLE {self._table(retokenized)} CLUSTER BY test_no AS
             SELECT i.path, i.name, i.seq, i.failure_text, i.job, i.number, i.started, i.flaky, i.local_key_hash,
                    i.new, i.tokenize OR g.name IS NOT NULL AS tokenize, i.test_no
-            FROM {self._input} i LEFT JOIN {needed} g
-              ON g.name = i.name AND g.local_key_hash = i.local_key_hash AND g.day = DIV(i.started, 86400)""")
+            FROM {self._input} i LEFT JOIN (
+                SELECT k.name, k.local_key_hash, g.day FROM {needed} g JOIN {self._keys} k ON k.key_hash = g.key_hash
+            ) g ON g.name = i.name AND g.local_key_hash = i.local_key_hash AND g.day = DIV(i.started, 86400)""")
         self._scratch.add(retokenized)
         self._input = self._table(retokenized)
 
@@ -712,12 +721,18 @@ class BigQueryClusterTables(ClusterTables):
             jobs = [{"builds": list(j["builds"]), "name": j["name"]} for j in jobs or []]
             yield hashed, name, failures, flaky, first_seen, last_seen, (started, path, seq), jobs, recent, older
 
-    def tokenized_texts(self) -> Iterator[tuple[str, str, int, str]]:
-        for lo, hi, _ in self._read_chunks("tokenize"):
+    def tokenized_texts(self) -> Iterator[tuple[str, int, str]]:
+        texts = self.SCRATCH + "tokenize"
+        self._query(f"""
+            CREATE OR REPLACE TABLE {self._table(texts)} CLUSTER BY key_hash AS
+            SELECT k.key_hash, DIV(i.started, 86400) AS day, i.failure_text FROM {self._keyed} WHERE i.tokenize""")
+        self._scratch.add(texts)
+        counts = [tuple(r) for r in self._query(
+            f"SELECT key_hash, count(*) FROM {self._table(texts)} GROUP BY 1 ORDER BY 1", page_size=BATCH_ROWS)]
+        for lo, hi, _ in _chunks(counts, BATCH_ROWS):
             yield from (tuple(r) for r in self._query(
-                f"""SELECT name, local_key_hash, DIV(started, 86400), failure_text FROM {self._input}
-                    WHERE tokenize AND test_no BETWEEN @lo AND @hi ORDER BY 1, 2, 3""",
-                {"lo": lo, "hi": hi}, page_size=BATCH_ROWS))
+                f"""SELECT key_hash, day, failure_text FROM {self._table(texts)}
+                    WHERE key_hash BETWEEN @lo AND @hi ORDER BY 1, 2""", {"lo": lo, "hi": hi}, page_size=BATCH_ROWS))
 
     def failure_texts(self, ids: pa.Table) -> dict[tuple[str, str, int], str]:
         wanted = self._load_arrow(ids, "ids")
