@@ -549,12 +549,22 @@ def test_spans_are_kept_only_with_the_same_common_tokens_and_older_state_files_s
     shown_path = tmp_path / "older" / "staging" / "failure_clusters" / "shown.parquet"
     shown = pq.read_table(shown_path)
     pq.write_table(shown.drop_columns(["common"]).replace_schema_metadata(shown.schema.metadata), shown_path)
+    # And as a version that kept tokens per test key and day wrote them: not used, every text read.
+    shutil.copytree(tmp_path, tmp_path / "by-test-key", ignore=shutil.ignore_patterns("older", "by-test-key"))
+    groups_path = tmp_path / "by-test-key" / "staging" / "failure_clusters" / "groups.parquet"
+    groups = pq.read_table(groups_path)
+    by_test_key = pa.table({"test": groups["key_hash"], "local_key_hash": groups["key_hash"], "day": groups["day"],
+                            "failures": groups["failures"], "key_hash": groups["key_hash"],
+                            "tokens": groups["tokens"]}).replace_schema_metadata(groups.schema.metadata)
+    pq.write_table(by_test_key, groups_path)
     meta = _materialize(warehouse, staging)
     older = _materialize(*_home_at(tmp_path / "older"))
-    assert meta["mode"].value == older["mode"].value == "incremental"
+    by_test = _materialize(*_home_at(tmp_path / "by-test-key"))
+    assert meta["mode"].value == older["mode"].value == by_test["mode"].value == "incremental"
     assert 0 < meta["clusters_texts_worked_out"].value < meta["clusters_described"].value
     assert older["clusters_texts_worked_out"].value == older["clusters_described"].value
-    assert older["failure_data_sha1"].value == meta["failure_data_sha1"].value
+    assert meta["tokenized_failures"].value < by_test["tokenized_failures"].value == by_test["failures"].value
+    assert older["failure_data_sha1"].value == meta["failure_data_sha1"].value == by_test["failure_data_sha1"].value
 
 
 def test_without_test_results_the_asset_says_so_and_succeeds(tmp_path):
