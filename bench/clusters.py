@@ -168,7 +168,7 @@ LABELS = [
     ("failures", "failures in the 14-day window"), ("text_mb", "failure text (MB)"),
     ("cold_wall", "from scratch: wall (s), asset run through Dagster"), ("cold_cpu", "from scratch: CPU (s), with workers"),
     ("cold_clustering", "  of which clustering (s)"), ("cold_summary", "  of which describing the clusters (s)"),
-    ("cold_render", "  of which writing failure_data.json and slices (s)"),
+    ("cold_render", "  writing failure_data.json and slices, beside the tables (s)"),
     ("cold_rss_mb", "from scratch: peak RSS (MB)"),
     ("clusters", "clusters (all / in failure_data.json)"),
     ("distance_checks", "exact edit distances computed"), ("bound_hits", "texts that hit the size bound"),
@@ -177,7 +177,7 @@ LABELS = [
     ("increment_cpu", "daily increment: CPU (s)"), ("increment_clustering", "  of which clustering (s)"),
     ("increment_summary", "  of which describing the clusters (s)"),
     ("increment_tokenized", "  failures tokenised for the spans"),
-    ("increment_render", "  of which writing failure_data.json and slices (s)"),
+    ("increment_render", "  writing failure_data.json and slices, beside the tables (s)"),
     ("increment_rss_mb", "daily increment: peak RSS (MB)"),
 ]
 
