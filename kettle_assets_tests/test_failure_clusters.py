@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pcre2
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -118,6 +119,19 @@ def test_normalize_keeps_python_re_where_pcre2_would_differ():
     assert normalize("Dec\x1c 4 01:02:03") == "TIME"
     for text in ("Dec ٤ 01:02:03", "ﬁle at Dec  4 01:02:03 ½ 0xff", "Dec\u2028 4 01:02:03"):
         assert normalize(text) == triage_text._normalize(text, "python", triage_text._RE)
+
+
+def test_normalize_of_huge_hostile_text_is_re_s_and_never_fails(monkeypatch):
+    many_lines = "same line\n" * 200_000  # PCRE2's JIT stack runs out on the repeated-lines backreference
+    many_matches = ("a" * 200_000 + "\n") * 10  # 62,500 digests: PCRE2 copies the text for each callback
+    for text in (many_lines, many_matches):
+        assert normalize(text) == triage_text._normalize(text, "python", triage_text._RE)
+    # Should PCRE2 fail on text it is given, `re` takes over.
+    monkeypatch.setattr(triage_text, "_FAST", triage_text._compiled(triage_text._pcre2))
+    monkeypatch.setattr(triage_text, "FAST_TEXT", len(many_lines))
+    with pytest.raises(pcre2.LibraryError):
+        triage_text._normalize(many_lines, "python", triage_text._FAST)
+    assert normalize(many_lines) == "same line\n"
 
 
 def test_normalize_name_and_spans():

@@ -66,15 +66,24 @@ def _pcre2(pattern: str):
 
 # Python's `re` defines the rules; PCRE2's JIT runs them 3-6 times faster and matches exactly the
 # same on text of ASCII characters other than \x1c-\x1f (which `re` counts as white space and
-# PCRE2 does not): the text all the generated and most real failures are.
+# PCRE2 does not): the text all the generated and most real failures are. Not on long text: the
+# `pcre2` package copies the text for each match it hands a callback (2 MB with 60,000 matches
+# took a minute), and its JIT's stack runs out on the repeated-lines pattern's backreference, so
+# that pattern (used only on long text anyway) stays on `re`.
 _RE = _compiled(re.compile)
-_FAST = _compiled(_pcre2)
+_FAST = _compiled(_pcre2)._replace(repeated_lines=_RE.repeated_lines)
 _NOT_FAST = re.compile(r"[^\x00-\x1b\x20-\x7f]")
+FAST_TEXT = 4 * LONG_TEXT  # characters; longer text goes through `re`
 
 
 def normalize(text: str, rules: str = "python") -> str:
     """The text with its run-to-run noise replaced: TIME for dates, UNIQn for each distinct noise."""
-    return _normalize(text, rules, _RE if _NOT_FAST.search(text) else _FAST)
+    if len(text) <= FAST_TEXT and not _NOT_FAST.search(text):
+        try:
+            return _normalize(text, rules, _FAST)
+        except pcre2.LibraryError:  # a limit of PCRE2's (its JIT's stack, say): `re` gives the same text
+            pass
+    return _normalize(text, rules, _RE)
 
 
 def _normalize(text: str, rules: str, patterns: _Patterns) -> str:
