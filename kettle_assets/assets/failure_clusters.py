@@ -67,6 +67,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def write_triage_files(folder: Path, summary: ClusterSummary, builds: BuildColumns) -> dict:
     """failure_data.json and slices/failure_data_<slice>.json; stale slices removed. Returns sizes."""
+    for partial in [*folder.glob("*.tmp"), *folder.glob("slices/*.tmp")]:  # of a run killed while writing
+        partial.unlink()
     main = dumps(failure_data(summary, builds))
     _write_atomic(folder / "failure_data.json", main)
     sizes = {"failure_data_bytes": len(main), "failure_data_sha1": hashlib.sha1(main).hexdigest()}
