@@ -26,6 +26,7 @@ from kettle_assets.assets import failure_clusters as failure_clusters_module
 from kettle_assets.assets.failure_clusters import failure_clusters
 from kettle_assets.core import clustering as clustering_module
 from kettle_assets.core import triage_text
+from kettle_assets.core.parallel import sized_chunks
 from kettle_assets.core.clustering import (
     ClusterOptions, Failure, Previous, cluster_failures, cluster_stream, failure_order, pairwise_agreement)
 from kettle_assets.core.triage_output import BUILD_FIELDS, BuildColumns, Shown, describe, dumps, tally
@@ -585,6 +586,11 @@ def test_without_test_results_the_asset_says_so_and_succeeds(tmp_path):
     warehouse = DuckDBWarehouse(duckdb=DuckDBResource(database=str(tmp_path / "warehouse.duckdb")))
     meta = _materialize(warehouse, StagingStore(home=str(tmp_path)))
     assert meta["missing_input"].value == "test_results" and meta["failures"].value == 0
+
+
+def test_sized_chunks_never_split_an_item_and_keep_the_rest():
+    assert list(sized_chunks([3, 1, 1, 5, 2], lambda n: n, 4)) == [[3, 1], [1, 5], [2]]
+    assert list(sized_chunks([9], lambda n: n, 4)) == [[9]] and list(sized_chunks([], len, 4)) == []
 
 
 def test_clustering_tests_in_worker_processes_gives_the_same_clustering(monkeypatch):

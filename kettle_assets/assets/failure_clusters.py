@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core.clustering import ClusterOptions, Failure, cluster_stream
-from ..core.parallel import map_in_order
+from ..core.parallel import map_in_order, sized_chunks
 from ..core.triage_output import (
     OWNER_RECENT_SECONDS, BuildColumns, ClusterSummary, GroupTokens, Shown, common_digest, describe, dumps,
     failure_data, group_tokens, key_hash, slices, tally)
@@ -410,7 +410,7 @@ class _Groups:
                 continue
             kept = None
             if blob is not None:
-                kept = GroupTokens(hashed, day, prior_count, orjson.loads(blob))
+                kept = GroupTokens(prior_count, orjson.loads(blob))
             tokens = group_tokens(count, tokenized_count, streamed, kept)
             if tokenized_count == 0:
                 keep.add(blob)
@@ -439,18 +439,8 @@ def _streamed_commons(texts: Iterator[tuple[str, int, str]], workers: int
             yield (key, len(group)), tokens, tokens_json(tokens)
         return
 
-    def chunks() -> Iterator[list[tuple[tuple, list[str]]]]:
-        chunk, size = [], 0
-        for key, group in grouped:
-            chunk.append((key, group))
-            size += len(group)
-            if size >= TOKENIZE_CHUNK:
-                yield chunk
-                chunk, size = [], 0
-        if chunk:
-            yield chunk
-
-    for chunk, blobs in map_in_order(common_tokens_json, chunks(), lambda chunk: ([g for _, g in chunk],), workers):
+    chunks = sized_chunks(grouped, lambda key_group: len(key_group[1]), TOKENIZE_CHUNK)
+    for chunk, blobs in map_in_order(common_tokens_json, chunks, lambda chunk: ([g for _, g in chunk],), workers):
         for (key, group), blob in zip(chunk, blobs):
             yield (key, len(group)), set(orjson.loads(blob)), blob
 

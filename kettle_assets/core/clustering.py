@@ -21,7 +21,7 @@ from typing import Callable, Hashable, Iterable, Iterator, NamedTuple
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from .parallel import map_in_order
+from .parallel import map_in_order, sized_chunks
 from .triage_text import NGRAM_BUCKETS, RULES, ngram_counts, normalize
 
 MATCH_FRACTION = 0.10
@@ -279,21 +279,11 @@ def _local_keys(failures: Iterable[Failure], kept: dict[str, dict[str, int]], op
             yield test, batch, keys, cluster_tests([(keys, [f.text for f in batch])], options)[0]
         return
 
-    def chunks() -> Iterator[list[tuple[str, list[Failure], list[str]]]]:
-        chunk, size = [], 0
-        for item in tests:
-            chunk.append(item)
-            size += len(item[1])
-            if size >= CLUSTER_CHUNK:
-                yield chunk
-                chunk, size = [], 0
-        if chunk:
-            yield chunk
-
     def arguments(chunk) -> tuple:
         return [(keys, [f.text for f in batch]) for _, batch, keys in chunk], options
 
-    for chunk, results in map_in_order(cluster_tests, chunks(), arguments, workers):
+    chunks = sized_chunks(tests, lambda test: len(test[1]), CLUSTER_CHUNK)
+    for chunk, results in map_in_order(cluster_tests, chunks, arguments, workers):
         for (test, batch, keys), local in zip(chunk, results):
             yield test, batch, keys, local
 

@@ -11,7 +11,22 @@ from multiprocessing import get_context
 from typing import Callable, Iterable, Iterator, TypeVar
 
 Chunk = TypeVar("Chunk")
+Item = TypeVar("Item")
 PARENT_CHECK_SECONDS = 0.5
+
+
+def sized_chunks(items: Iterable[Item], size: Callable[[Item], int], at_least: int) -> Iterator[list[Item]]:
+    """Consecutive items in lists whose sizes add up to `at_least` or more (the last list to what
+    is left); an item is never split."""
+    chunk, total = [], 0
+    for item in items:
+        chunk.append(item)
+        total += size(item)
+        if total >= at_least:
+            yield chunk
+            chunk, total = [], 0
+    if chunk:
+        yield chunk
 
 
 def map_in_order(function: Callable, chunks: Iterable[Chunk], arguments: Callable[[Chunk], tuple], workers: int

@@ -122,10 +122,9 @@ def describe(tallies: dict[str, ClusterTally], keys: dict[str, tuple[str, str]],
 
 
 class GroupTokens(NamedTuple):
-    """The tokens every failure of one cluster on one UTC day has, and how many failures that is."""
+    """The tokens every failure of a group (one cluster on one UTC day) has, as the last run
+    counted them, and how many failures that is."""
 
-    key_hash: str
-    day: int  # days since 1970-01-01
     failures: int
     tokens: Collection[str]  # in no particular order
 
